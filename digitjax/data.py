@@ -1,0 +1,266 @@
+"""MNIST through tensorflow-datasets, prepared from the four IDX files, kept on device.
+
+The dataset written here is the standard TFDS `mnist` (same name, version, features and
+array_record files), so `tfds.data_source("mnist", data_dir=...)` reads it anywhere. The
+stock builder needs TensorFlow to extract the IDX files and rejects re-packed gzip files;
+`IdxMNIST` reads them with gzip and numpy instead and checks the uncompressed bytes.
+
+    python -m digitjax.data --mnist_dir ../shared/data/mnist   # prepare from local files
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from digitjax.errors import UserError
+
+MNIST_DIR_ENV = "DIGITJAX_MNIST_DIR"
+TFDS_DIR_ENV = "TFDS_DATA_DIR"
+# Where the stock TFDS builder downloads from; its registered .gz checksums are used below.
+MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+
+
+@dataclasses.dataclass(frozen=True)
+class IdxFile:
+    name: str  # canonical file name, without .gz
+    magic: int
+    shape: tuple[int, ...]
+    sha256: str  # of the uncompressed bytes, so any gzip wrapper is accepted
+
+
+IDX_FILES = {
+    "train_images": IdxFile(
+        "train-images-idx3-ubyte",
+        0x803,
+        (60000, 28, 28),
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    "train_labels": IdxFile(
+        "train-labels-idx1-ubyte",
+        0x801,
+        (60000,),
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    "test_images": IdxFile(
+        "t10k-images-idx3-ubyte",
+        0x803,
+        (10000, 28, 28),
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    "test_labels": IdxFile(
+        "t10k-labels-idx1-ubyte",
+        0x801,
+        (10000,),
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
+}
+
+_FIX = (
+    "Point --mnist_dir (or ${env}) at a folder holding the four canonical MNIST files "
+    "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+    "t10k-labels-idx1-ubyte.gz), or get a fresh copy of this one."
+).replace("${env}", MNIST_DIR_ENV)
+
+
+def _find(folder: Path, spec: IdxFile) -> Path:
+    for candidate in (folder / f"{spec.name}.gz", folder / spec.name):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"MNIST file {spec.name}.gz is missing from {folder}. {_FIX}")
+
+
+def read_idx(path: Path, spec: IdxFile) -> np.ndarray:
+    """Reads one IDX file (gzipped or not) and checks magic, shape, size and sha256."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"MNIST file {path} is damaged: it is not a readable gzip file ({e}). {_FIX}")
+    ndim = len(spec.shape)
+    header = 4 + 4 * ndim
+    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != spec.magic:
+        found = raw[:4].hex() if len(raw) >= 4 else "nothing"
+        raise UserError(
+            f"MNIST file {path} is damaged: wrong IDX magic number (expected {spec.magic:08x}, found {found}). {_FIX}"
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if dims != spec.shape or len(raw) != header + int(np.prod(spec.shape)):
+        raise UserError(
+            f"MNIST file {path} is damaged: expected shape {spec.shape} in "
+            f"{header + int(np.prod(spec.shape))} bytes, found {dims} in {len(raw)} bytes. {_FIX}"
+        )
+    if hashlib.sha256(raw).hexdigest() != spec.sha256:
+        raise UserError(
+            f"MNIST file {path} is damaged: the sha256 of its uncompressed bytes is not the "
+            f"known one for {spec.name}. {_FIX}"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(spec.shape)
+
+
+def read_idx_dir(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads and checks the four MNIST IDX files of a folder."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"MNIST folder {folder} does not exist. {_FIX}")
+    return {key: read_idx(_find(folder, spec), spec) for key, spec in IDX_FILES.items()}
+
+
+def _registered_checksums() -> dict[str, str]:
+    """TFDS's registered sha256 of each .gz file on the mirror, by file name."""
+    import tensorflow_datasets as tfds
+
+    table = Path(tfds.__file__).parent / "url_checksums" / "mnist.txt"
+    rows = (line.split("\t") for line in table.read_text().splitlines() if line.strip())
+    return {row[3].strip(): row[2] for row in rows}
+
+
+def download(dest: Path) -> Path:
+    """Downloads the four .gz files from the TFDS mirror, checked against TFDS's checksums."""
+    dest.mkdir(parents=True, exist_ok=True)
+    checksums = _registered_checksums()
+    for spec in IDX_FILES.values():
+        name = f"{spec.name}.gz"
+        target = dest / name
+        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == checksums[name]:
+            continue
+        try:
+            with urllib.request.urlopen(MIRROR + name, timeout=30) as response:
+                payload = response.read()
+        except OSError as e:
+            raise UserError(
+                f"Could not download {MIRROR}{name} ({e}). Without internet access, get the "
+                f"four MNIST IDX files some other way and pass their folder with --mnist_dir "
+                f"(or {MNIST_DIR_ENV})."
+            )
+        if hashlib.sha256(payload).hexdigest() != checksums[name]:
+            raise UserError(
+                f"The download of {name} does not match TFDS's registered checksum; try again "
+                f"later or use --mnist_dir with a local copy."
+            )
+        target.write_bytes(payload)
+    return dest
+
+
+def _builder_class():
+    from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+    class IdxMNIST(tfds_mnist.MNIST, skip_registration=True):
+        """The stock `mnist` builder, fed from checked local IDX files without TensorFlow."""
+
+        name = "mnist"
+
+        def __init__(self, *, idx_dir: Path, **kwargs):
+            self._idx_dir = idx_dir
+            super().__init__(**kwargs)
+
+        def _split_generators(self, dl_manager):
+            arrays = read_idx_dir(self._idx_dir)
+            return {
+                split: self._generate_examples(arrays[f"{split}_images"], arrays[f"{split}_labels"])
+                for split in ("train", "test")
+            }
+
+        def _generate_examples(self, images, labels):
+            from PIL import Image
+
+            # The index is the key, as in the stock builder, so TFDS shuffles identically.
+            for index, (image, label) in enumerate(zip(images, labels)):
+                yield index, {"image": Image.fromarray(image), "label": int(label)}
+
+    return IdxMNIST
+
+
+def data_dir_or_default(data_dir: str | None) -> Path:
+    return Path(data_dir or os.environ.get(TFDS_DIR_ENV) or "~/tensorflow_datasets").expanduser()
+
+
+def is_prepared(data_dir: str | None = None) -> bool:
+    from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+    info = data_dir_or_default(data_dir) / "mnist" / str(tfds_mnist.MNIST.VERSION) / "dataset_info.json"
+    return info.is_file() and any(info.parent.glob("mnist-train.array_record*"))
+
+
+def prepare(data_dir: str | None = None, mnist_dir: str | None = None) -> Path:
+    """Writes TFDS `mnist` as array_record into data_dir unless it is there already."""
+    root = data_dir_or_default(data_dir)
+    if is_prepared(str(root)):
+        return root
+    mnist_dir = mnist_dir or os.environ.get(MNIST_DIR_ENV)
+    if mnist_dir:
+        idx_dir = Path(mnist_dir).expanduser()
+        read_idx_dir(idx_dir)  # fail before TFDS creates anything
+    else:
+        idx_dir = download(root / "downloads" / "mnist_idx")
+    root.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and move into place, so an interrupted build leaves nothing
+    # that looks prepared.
+    with tempfile.TemporaryDirectory(dir=root, prefix=".mnist-build-") as tmp:
+        builder = _builder_class()(idx_dir=idx_dir, data_dir=tmp, file_format="array_record")
+        builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
+        (root / "mnist").mkdir(exist_ok=True)
+        version_dir = Path(builder.data_dir)
+        target = root / "mnist" / version_dir.name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(version_dir, target)
+    return root
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    images_NxHxW: np.ndarray  # uint8, 0 = background, 255 = ink
+    labels_N: np.ndarray  # int32
+
+
+def load(split: str, data_dir: str | None = None, mnist_dir: str | None = None) -> Split:
+    """Loads a split (`train`, `test`, or any TFDS slice like `train[:5000]`) as uint8 arrays."""
+    import tensorflow_datasets as tfds
+
+    root = prepare(data_dir, mnist_dir)
+    source = tfds.data_source("mnist", split=split, data_dir=str(root))
+    records = source.__getitems__(range(len(source)))
+    images = np.stack([r["image"][..., 0] for r in records])
+    labels = np.asarray([r["label"] for r in records], np.int32)
+    return Split(images, labels)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def epoch_order(key: jax.Array, epoch: int, n: int, batch_size: int) -> jax.Array:
+    """The epoch's shuffled example indices as full batches, drawn on the device from (key, epoch).
+
+    The n % batch_size examples left over differ from epoch to epoch, so none is always dropped.
+    """
+    perm_N = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    steps = n // batch_size
+    return perm_N[: steps * batch_size].reshape(steps, batch_size)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from digitjax.errors import exit_on_user_error
+
+    parser = argparse.ArgumentParser(description="Prepare TFDS mnist from local IDX files.")
+    parser.add_argument("--data_dir", help=f"TFDS data dir (default ${TFDS_DIR_ENV} or ~/tensorflow_datasets)")
+    parser.add_argument("--mnist_dir", help=f"folder with the four IDX .gz files (default ${MNIST_DIR_ENV})")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        root = prepare(args.data_dir, args.mnist_dir)
+        for split in ("train", "test"):
+            s = load(split, str(root))
+            print(f"{split}: {len(s.labels_N)} images at {root / 'mnist'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Evaluation: the test-set numbers the trainer reports, and a report from a restored checkpoint.
+
+    python -m digitjax.evaluate --workdir checkpoints/seed          # report under workdir/report/
+    python -m digitjax.evaluate --workdir checkpoints/seed --json   # one JSON object on stdout
+
+The trainer calls `evaluate_arrays` too, so a restored checkpoint evaluates to exactly the
+accuracy the run logged for its step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from digitjax import model as model_lib
+from digitjax.model import NUM_CLASSES
+
+
+@nnx.jit
+def eval_step(model: nnx.Module, images_BxHxW: jax.Array, labels_B: jax.Array, mask_B: jax.Array):
+    logits_BxC = model(model_lib.to_input(images_BxHxW))
+    losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
+    correct_B = jnp.argmax(logits_BxC, -1) == labels_B
+    return jnp.sum(losses_B * mask_B), jnp.sum(correct_B * mask_B), logits_BxC
+
+
+def batches(images_NxHxW: np.ndarray, labels_N: np.ndarray, batch_size: int):
+    """Splits a whole split into equal device batches: the last one padded and masked."""
+    n = len(labels_N)
+    pad = -n % batch_size
+    images = np.concatenate([images_NxHxW, np.zeros((pad, *images_NxHxW.shape[1:]), np.uint8)])
+    labels = np.concatenate([labels_N, np.zeros(pad, np.int32)])
+    mask = np.arange(n + pad) < n
+    return [
+        jax.device_put((images[i : i + batch_size], labels[i : i + batch_size], mask[i : i + batch_size]))
+        for i in range(0, n + pad, batch_size)
+    ]
+
+
+def evaluate_arrays(model: nnx.Module, device_batches: list, n: int) -> dict:
+    """Loss, accuracy and logits over every example of `device_batches` (no remainder dropped)."""
+    model.eval()
+    loss, correct, logits = jnp.zeros(()), jnp.zeros((), jnp.int32), []
+    for images, labels, mask in device_batches:
+        batch_loss, batch_correct, batch_logits = eval_step(model, images, labels, mask)
+        loss, correct = loss + batch_loss, correct + batch_correct
+        logits.append(batch_logits)
+    logits_NxC = np.asarray(jnp.concatenate(logits)[:n])
+    return {"accuracy": int(correct) / n, "loss": float(loss) / n, "logits_NxC": logits_NxC}
+
+
+def confusion_matrix(labels_N: np.ndarray, predictions_N: np.ndarray) -> np.ndarray:
+    """counts_CxC[true, predicted]."""
+    counts_CxC = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    np.add.at(counts_CxC, (labels_N, predictions_N), 1)
+    return counts_CxC
+
+
+def report(workdir: Path, step: int | None, data_dir: str | None, mnist_dir: str | None, plots: bool) -> dict:
+    from digitjax import checkpoint, data
+
+    restored = checkpoint.load_for_inference(workdir, step)
+    test = data.load("test", data_dir, mnist_dir)
+    result = evaluate_arrays(
+        restored.model, batches(test.images_NxHxW, test.labels_N, restored.config.eval_batch_size), len(test.labels_N)
+    )
+    predictions_N = result["logits_NxC"].argmax(-1)
+    counts_CxC = confusion_matrix(test.labels_N, predictions_N)
+    summary = {
+        "workdir": str(workdir),
+        "step": restored.step,
+        "model": restored.config.model,
+        "test_accuracy": result["accuracy"],
+        "test_loss": result["loss"],
+        "test_errors": int((predictions_N != test.labels_N).sum()),
+        "per_class_accuracy": {str(c): float(counts_CxC[c, c] / counts_CxC[c].sum()) for c in range(NUM_CLASSES)},
+        "confusion_matrix": counts_CxC.tolist(),
+        "trained_on": restored.meta.get("device_kind"),
+        "evaluated_on": jax.devices()[0].device_kind,
+    }
+    out = workdir / "report"
+    out.mkdir(exist_ok=True)
+    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if plots:
+        from digitjax import metrics
+        from digitjax import plots as plots_lib
+
+        probs_NxC = np.asarray(jax.nn.softmax(result["logits_NxC"]))
+        plots_lib.confusion(counts_CxC, out / "confusion.png")
+        plots_lib.worst_mistakes(test.images_NxHxW, test.labels_N, probs_NxC, out / "mistakes.png")
+        plots_lib.curves(metrics.read(workdir), out / "curves.png")
+    return summary
+
+
+def main(argv=None) -> None:
+    from absl import logging
+
+    from digitjax.errors import exit_on_user_error
+
+    logging.set_verbosity(logging.ERROR)  # orbax and TFDS warn about nothing a user can act on
+
+    parser = argparse.ArgumentParser(description="Evaluate a trained digitjax checkpoint on the MNIST test set.")
+    parser.add_argument("--workdir", default="checkpoints/default", help="the run's directory")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: best by validation, else latest)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, no plots")
+    parser.add_argument("--data_dir", help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument("--mnist_dir", help="folder with the four MNIST IDX files (default $DIGITJAX_MNIST_DIR)")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        summary = report(Path(args.workdir), args.step, args.data_dir, args.mnist_dir, plots=not args.json)
+    if args.json:
+        print(json.dumps(summary))
+        return
+    accuracy, errors = summary["test_accuracy"], summary["test_errors"]
+    print(f"{args.workdir} step {summary['step']} ({summary['model']}): test accuracy {accuracy:.4%}, {errors} errors")
+    for c, acc in summary["per_class_accuracy"].items():
+        print(f"  digit {c}: {acc:.2%}")
+    print(f"report: {Path(args.workdir) / 'report'} (report.json, confusion.png, mistakes.png, curves.png)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Run metrics as JSON lines (`workdir/metrics.jsonl`) and TensorBoard events (`workdir/tensorboard`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def metrics_path(workdir: str | Path) -> Path:
+    return Path(workdir) / "metrics.jsonl"
+
+
+def read(workdir: str | Path) -> list[dict]:
+    path = metrics_path(workdir)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricWriter:
+    """Appends one JSON object per record; mirrors numbers to TensorBoard."""
+
+    def __init__(self, workdir: str | Path, resume_step: int = 0):
+        from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+
+        self.path = metrics_path(workdir)
+        # Records past the step a run resumes from were written by the attempt that died;
+        # the resumed run writes them again, so drop them rather than keep two versions.
+        kept = [r for r in read(workdir) if r["step"] <= resume_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        record = {"step": step, "split": split, **values}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.tb.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        self.tb.close()

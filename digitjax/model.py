@@ -1,0 +1,72 @@
+"""The model zoo: small Flax NNX CNNs for 28x28 digits, picked by name from a config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NUM_CLASSES = 10
+
+
+def to_input(images_BxHxW: jax.Array) -> jax.Array:
+    """uint8 pixels (255 = ink) -> the float input every model takes: [0, 1], one channel."""
+    return (images_BxHxW.astype(jnp.float32) / 255.0)[..., None]
+
+
+class Seed(nnx.Module):
+    """The classic Keras MNIST CNN: two 3x3 convs, max-pool, dropout, dense 256, dropout."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(1, 32, (3, 3), padding="VALID", rngs=rngs)
+        self.conv2 = nnx.Conv(32, 64, (3, 3), padding="VALID", rngs=rngs)
+        self.drop1 = nnx.Dropout(0.25)
+        self.dense1 = nnx.Linear(12 * 12 * 64, 256, rngs=rngs)
+        self.drop2 = nnx.Dropout(0.5)
+        self.dense2 = nnx.Linear(256, NUM_CLASSES, rngs=rngs)
+
+    def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        x = nnx.relu(self.conv1(x_BxHxWx1))
+        x = nnx.relu(self.conv2(x))
+        x = nnx.max_pool(x, (2, 2), (2, 2))
+        x = self.drop1(x, rngs=rngs)
+        x = nnx.relu(self.dense1(x.reshape(x.shape[0], -1)))
+        x = self.drop2(x, rngs=rngs)
+        return self.dense2(x)
+
+
+class Fast(nnx.Module):
+    """A third of Seed's FLOPs: 'same' convs with a pool after each, batch norm for a high
+    learning rate, and a narrow dense head."""
+
+    def __init__(self, *, rngs: nnx.Rngs, width: int = 32):
+        self.conv1 = nnx.Conv(1, width, (3, 3), use_bias=False, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
+        self.conv2 = nnx.Conv(width, 2 * width, (3, 3), use_bias=False, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(2 * width, momentum=0.9, rngs=rngs)
+        self.drop = nnx.Dropout(0.25)
+        self.dense1 = nnx.Linear(7 * 7 * 2 * width, 128, rngs=rngs)
+        self.dense2 = nnx.Linear(128, NUM_CLASSES, rngs=rngs)
+
+    def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+        x = nnx.relu(self.bn1(self.conv1(x_BxHxWx1)))
+        x = nnx.max_pool(x, (2, 2), (2, 2))
+        x = nnx.relu(self.bn2(self.conv2(x)))
+        x = nnx.max_pool(x, (2, 2), (2, 2))
+        x = self.drop(x.reshape(x.shape[0], -1), rngs=rngs)
+        x = nnx.relu(self.dense1(x))
+        return self.dense2(x)
+
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {"seed": Seed, "fast": Fast}
+
+
+def create(name: str, seed: int, **kwargs) -> nnx.Module:
+    """Builds a model of the zoo with parameters drawn from `seed`."""
+    from digitjax.errors import UserError
+
+    if name not in MODELS:
+        raise UserError(f"Unknown model {name!r}; the config's `model` must be one of {sorted(MODELS)}.")
+    return MODELS[name](rngs=nnx.Rngs(params=seed), **kwargs)

@@ -1,0 +1,293 @@
+"""Trains a model of the zoo on MNIST with jitted Optax steps, checkpointing with Orbax.
+
+    python -m digitjax.train                                  # experiments/default.py -> checkpoints/default
+    python -m digitjax.train --config experiments/seed.py --workdir checkpoints/seed --config.num_epochs=3
+
+Re-running a command resumes from the latest checkpoint in its workdir. SIGTERM (or
+Ctrl-C) saves a checkpoint at the current step and stops.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from digitjax import checkpoint, data, evaluate
+from digitjax import metrics as metrics_lib
+from digitjax import model as model_lib
+from digitjax.errors import UserError, exit_on_user_error
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The config's optimizer and its learning-rate schedule over `total_steps`."""
+    schedules = {
+        "constant": lambda: optax.constant_schedule(config.learning_rate),
+        "onecycle": lambda: optax.cosine_onecycle_schedule(total_steps, config.learning_rate, config.warmup_fraction),
+        "cosine": lambda: optax.warmup_cosine_decay_schedule(
+            0.0, config.learning_rate, int(config.warmup_fraction * total_steps), total_steps
+        ),
+    }
+    optimizers = {
+        "adam": lambda lr: optax.adam(lr),
+        "adamw": lambda lr: optax.adamw(lr, weight_decay=config.weight_decay),
+        # Keras's rho and epsilon: the seed recipe (lr 1.0) was tuned with them.
+        "adadelta": lambda lr: optax.adadelta(lr, rho=0.95, eps=1e-7),
+        "sgd": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+    }
+    for field, table in (("lr_schedule", schedules), ("optimizer", optimizers)):
+        if config[field] not in table:
+            raise UserError(f"Unknown {field} {config[field]!r} in the config; choose one of {sorted(table)}.")
+    schedule = schedules[config.lr_schedule]()
+    return optimizers[config.optimizer](schedule), schedule
+
+
+@nnx.jit
+def train_step(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    metrics: nnx.MultiMetric,
+    images_NxHxW: jax.Array,
+    labels_N: jax.Array,
+    order_SxB: jax.Array,
+    index: jax.Array,
+    dropout_key: jax.Array,
+) -> None:
+    """One optimizer step on batch `index` of the epoch's order; data never leaves the device."""
+    batch_B = order_SxB[index]
+    labels_B = labels_N[batch_B]
+    # Dropout depends only on the run's key and the step, so a resumed run draws the same masks.
+    step_key = jax.random.fold_in(dropout_key, optimizer.step[...])
+
+    def loss_fn(model):
+        logits_BxC = model(model_lib.to_input(images_NxHxW[batch_B]), rngs=nnx.Rngs(dropout=step_key))
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B).mean(), logits_BxC
+
+    (loss, logits_BxC), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    metrics.update(loss=loss, logits=logits_BxC, labels=labels_B)
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class StopRequest:
+    """Turns SIGTERM (preemption notice) and SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _splits(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir: str | None):
+    """The training split and the evaluated ones (test, and validation when the config holds one out)."""
+    train = data.load("train", data_dir, mnist_dir)
+    evaluated = {"test": data.load("test", data_dir, mnist_dir)}
+    if config.validation_size:
+        # TFDS stores the training split shuffled, so its tail is a random held-out slice.
+        v = config.validation_size
+        evaluated["val"] = data.Split(train.images_NxHxW[-v:], train.labels_N[-v:])
+        train = data.Split(train.images_NxHxW[:-v], train.labels_N[:-v])
+    if config.train_size:
+        train = data.Split(train.images_NxHxW[: config.train_size], train.labels_N[: config.train_size])
+    return train, evaluated
+
+
+def _diverged(what: str, workdir: Path) -> UserError:
+    return UserError(
+        f"{what}. The run stopped; the last good checkpoint in {workdir} is kept and nothing newer was saved. "
+        f"Lower the learning rate or change the recipe, then train into a new --workdir."
+    )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: Path, data_dir: str | None = None, mnist_dir: str | None = None
+) -> dict:
+    """Trains until `config.num_epochs`, resuming from workdir; returns the last evaluation."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    train, evaluated = _splits(config, data_dir, mnist_dir)
+    eval_batches = {
+        k: evaluate.batches(s.images_NxHxW, s.labels_N, config.eval_batch_size) for k, s in evaluated.items()
+    }
+    images_NxHxW, labels_N = jax.device_put((train.images_NxHxW, train.labels_N))
+    n, batch_size = len(train.labels_N), config.batch_size
+    steps_per_epoch = n // batch_size
+    total_steps = config.num_epochs * steps_per_epoch
+
+    model = model_lib.create(config.model, config.seed)
+    tx, schedule = make_optimizer(config, total_steps)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    rng = jax.random.key(config.seed)
+    ckpts = checkpoint.RunCheckpoints(workdir, config)
+    step = ckpts.latest_step() or 0
+    if step:
+        rng, _ = ckpts.restore(step, model, optimizer, rng)
+        print(f"Resuming {workdir} from step {step}.", file=sys.stderr)
+    data_key, dropout_key = jax.random.split(rng)
+    writer = metrics_lib.MetricWriter(workdir, resume_step=step)
+    train_metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+    meta = {"model": config.model, "device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__}
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0)
+    interval_start = (time.perf_counter(), step)
+
+    def log_train() -> None:
+        values = {k: float(v) for k, v in train_metrics.compute().items()}  # the loop's only host sync
+        train_metrics.reset()
+        if not math.isfinite(values["loss"]):
+            raise _diverged(f"The training loss became {values['loss']} by step {step}", workdir)
+        values["images_per_s"] = (step - interval_start[1]) * batch_size / (time.perf_counter() - interval_start[0])
+        values["learning_rate"] = float(schedule(step))
+        writer.write(step, "train", values)
+        bar.set_postfix(
+            loss=f"{values['loss']:.4f}", acc=f"{values['accuracy']:.4f}", img_s=f"{values['images_per_s']:.0f}"
+        )
+
+    def evaluate_epoch() -> dict:
+        result = {"step": step, "epoch": step // steps_per_epoch}
+        for name, batches in eval_batches.items():
+            ev = evaluate.evaluate_arrays(model, batches, len(evaluated[name].labels_N))
+            result |= {f"{name}_accuracy": ev["accuracy"], f"{name}_loss": ev["loss"]}
+            writer.write(step, name, {"accuracy": ev["accuracy"], "loss": ev["loss"]})
+        model.train()
+        val = f", validation {result['val_accuracy']:.4%}" if "val_accuracy" in result else ""
+        bar.write(f"epoch {result['epoch']}/{config.num_epochs}: test accuracy {result['test_accuracy']:.4%}{val}")
+        return result
+
+    def save(extra: dict | None = None) -> None:
+        if ckpts.has(step):
+            return
+        if not bool(all_finite(nnx.state(model))):
+            raise _diverged(f"The parameters became NaN or infinite before step {step}", workdir)
+        ckpts.save(step, model, optimizer, rng, {**meta, "epoch": step / steps_per_epoch, **(extra or {})})
+
+    result: dict = {}
+    order_SxB = None
+    model.train()
+    try:
+        with StopRequest() as stop:
+            while step < total_steps and stop.signal is None:
+                if order_SxB is None or step % steps_per_epoch == 0:
+                    order_SxB = data.epoch_order(data_key, step // steps_per_epoch, n, batch_size)
+                train_step(
+                    model,
+                    optimizer,
+                    train_metrics,
+                    images_NxHxW,
+                    labels_N,
+                    order_SxB,
+                    step % steps_per_epoch,
+                    dropout_key,
+                )
+                step += 1
+                bar.update()
+                end_of_epoch = step % steps_per_epoch == 0
+                if end_of_epoch or step % config.log_every_steps == 0:
+                    log_train()
+                if end_of_epoch:
+                    result = evaluate_epoch()
+                    save(result)
+                elif step % config.checkpoint_every_steps == 0:
+                    save()
+                if end_of_epoch or step % config.log_every_steps == 0:
+                    interval_start = (time.perf_counter(), step)
+            if stop.signal is not None:
+                save()
+                bar.write(
+                    f"Stopped by signal {stop.signal} at step {step}: checkpoint saved in {workdir}; "
+                    "run the same command to resume.",
+                    file=sys.stderr,
+                )
+                result["stopped_by"] = stop.signal
+    finally:
+        bar.close()
+        writer.close()
+        ckpts.close()
+    return result
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(EXPERIMENTS / "default.py"), "Python file whose get_config() returns the run's ConfigDict."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default checkpoints/<config file name>.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+_MNIST_DIR = flags.DEFINE_string(
+    "mnist_dir", None, "Folder with the four MNIST IDX .gz files (default $DIGITJAX_MNIST_DIR)."
+)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with config mistakes reported as one line instead of a traceback."""
+    with exit_on_user_error():
+        try:
+            rest = flags.FLAGS(argv)
+            _CONFIG.value.to_dict()  # a config file that failed to load raises only when read
+            return rest
+        except (AttributeError, KeyError) as e:
+            # ml_collections: '\'nmu_epochs\'\nDid you mean "num_epochs" instead of "nmu_epochs"?'
+            text = str(e).encode().decode("unicode_escape").replace("'", "").replace('"', "")
+            field, _, hint = text.partition("\n")
+            raise UserError(
+                f"Unknown config field {field.strip()!r}. {hint.strip()} The fields and what they mean "
+                f"are in experiments/default.py."
+            )
+        except flags.Error as e:
+            raise UserError(f"{e}. See --helpfull for the flags.")
+        except OSError as e:
+            detail = str(e).splitlines()[-1].strip()
+            raise UserError(
+                f"Could not load the config file ({detail}). Pass --config with a Python file such as "
+                f"experiments/default.py whose get_config() returns a ConfigDict."
+            )
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    workdir = Path(
+        _WORKDIR.value or Path("checkpoints") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
+    )
+    logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and WARNING
+    started = time.perf_counter()
+    with exit_on_user_error():
+        result = train_and_evaluate(_CONFIG.value, workdir, _DATA_DIR.value, _MNIST_DIR.value)
+    if "stopped_by" in result:
+        sys.exit(130 if result["stopped_by"] == signal.SIGINT else 0)
+    if result:
+        seconds = time.perf_counter() - started
+        print(f"{workdir}: step {result['step']}, test accuracy {result['test_accuracy']:.4%} ({seconds:.0f} s)")
+    else:
+        print(
+            f"{workdir} has already finished its {_CONFIG.value.num_epochs} epochs; "
+            f"evaluate it with `python -m digitjax.evaluate --workdir {workdir}`."
+        )
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

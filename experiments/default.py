@@ -1,0 +1,28 @@
+"""Default recipe: the `fast` CNN with Adam on a one-cycle schedule, 5,000 images held out.
+
+    python -m digitjax.train                      # -> checkpoints/default
+
+Expected: see the table in README.md (measured on the 2-core CPU machine).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "fast"  # a name in digitjax.model.MODELS
+    c.seed = 0  # parameters, data order and dropout all derive from it
+    c.batch_size = 128  # images per optimizer step
+    c.num_epochs = 5  # passes over the training images
+    c.optimizer = "adam"  # adam | adamw | adadelta | sgd (Nesterov momentum 0.9)
+    c.learning_rate = 3e-3  # the schedule's peak
+    c.lr_schedule = "onecycle"  # constant | onecycle | cosine (linear warm-up, cosine decay)
+    c.warmup_fraction = 0.25  # share of all steps spent rising to the peak
+    c.weight_decay = 0.0  # only used by adamw
+    c.validation_size = 5000  # training images held out to pick the best checkpoint; 0 for none
+    c.train_size = 0  # train on only the first N of the remaining images (quick runs); 0 for all
+    c.eval_batch_size = 1000  # images per evaluation batch; the last one is padded, never dropped
+    c.log_every_steps = 100  # steps between training-metric records (the only host syncs)
+    c.checkpoint_every_steps = 200  # steps between mid-epoch checkpoints; every epoch end saves too
+    c.keep_latest = 2  # newest checkpoints kept, besides the best by validation accuracy
+    return c

@@ -1,0 +1,20 @@
+"""The seed recipe: the classic Keras MNIST CNN, Adadelta lr 1.0, batch 128, 10 epochs.
+
+    python -m digitjax.train --config experiments/seed.py --workdir checkpoints/seed
+
+Expected: see the table in README.md (measured on the 2-core CPU machine).
+"""
+
+from experiments import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model = "seed"
+    c.num_epochs = 10
+    c.optimizer = "adadelta"
+    c.learning_rate = 1.0
+    c.lr_schedule = "constant"
+    c.validation_size = 0
+    c.checkpoint_every_steps = 100
+    return c

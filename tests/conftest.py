@@ -1,0 +1,48 @@
+"""Shared fixtures: the real MNIST files, prepared once per session into a temporary TFDS dir."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digitjax import data
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    path = Path(os.environ.get(data.MNIST_DIR_ENV, ROOT.parent / "shared" / "data" / "mnist"))
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"The tests need the four MNIST IDX files: set {data.MNIST_DIR_ENV} to their folder.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(mnist_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tfds")
+    data.prepare(str(root), str(mnist_dir))
+    return root
+
+
+@pytest.fixture(scope="session")
+def test_split(tfds_dir) -> data.Split:
+    return data.load("test", str(tfds_dir))
+
+
+@pytest.fixture
+def run_cli(tfds_dir, mnist_dir):
+    """Runs `python -m MODULE ARGS` as a user would, with the test data dirs in the environment."""
+
+    def run(module: str, *args: str, check: bool = True, **env) -> subprocess.CompletedProcess:
+        environ = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir), **env}
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=600
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{module} {args} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        return proc
+
+    return run

@@ -1,0 +1,112 @@
+import gzip
+import hashlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from digitjax import data
+from digitjax.errors import UserError
+
+
+def test_idx_files_read_and_checked(mnist_dir):
+    arrays = data.read_idx_dir(mnist_dir)
+    assert arrays["train_images"].shape == (60000, 28, 28)
+    assert arrays["test_labels"].shape == (10000,)
+    assert arrays["train_images"].dtype == np.uint8
+    # Golden values of canonical MNIST: the first training label is 5, the first test label 7.
+    assert arrays["train_labels"][:5].tolist() == [5, 0, 4, 1, 9]
+    assert arrays["test_labels"][:3].tolist() == [7, 2, 1]
+    assert np.bincount(arrays["test_labels"]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _copy(mnist_dir, tmp_path):
+    folder = tmp_path / "idx"
+    shutil.copytree(mnist_dir, folder)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    return folder
+
+
+def _rewrite(path, mutate):
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    path.write_bytes(gzip.compress(bytes(mutate(raw))))
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda raw: b"\x00\x00\x08\x01" + raw[4:], "wrong IDX magic"),
+        (lambda raw: raw[:-100], "expected shape"),
+        (lambda raw: raw[:-1] + bytes([(raw[-1] + 1) % 256]), "the sha256"),
+    ],
+    ids=["magic", "truncated", "one-pixel"],
+)
+def test_damaged_idx_file_names_the_file(mnist_dir, tmp_path, mutate, expected):
+    folder = _copy(mnist_dir, tmp_path)
+    _rewrite(folder / "t10k-images-idx3-ubyte.gz", mutate)
+    with pytest.raises(UserError, match=f"t10k-images-idx3-ubyte.gz is damaged: {expected}"):
+        data.read_idx_dir(folder)
+
+
+def test_not_gzip_and_missing_file(mnist_dir, tmp_path):
+    folder = _copy(mnist_dir, tmp_path)
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(b"hello")
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte.gz is damaged: it is not a readable gzip"):
+        data.read_idx_dir(folder)
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UserError, match="train-labels-idx1-ubyte.gz is missing"):
+        data.read_idx_dir(folder)
+
+
+def test_uncompressed_files_are_accepted(mnist_dir, tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for spec in data.IDX_FILES.values():
+        (folder / spec.name).write_bytes(gzip.decompress((mnist_dir / f"{spec.name}.gz").read_bytes()))
+    assert data.read_idx_dir(folder)["test_images"].shape == (10000, 28, 28)
+
+
+def test_prepared_dataset_is_standard_tfds_mnist(tfds_dir, mnist_dir, test_split):
+    builder = tfds.builder("mnist", data_dir=str(tfds_dir))  # the stock builder reads our files
+    assert str(builder.info.version) == "3.0.1"
+    assert builder.info.splits["train"].num_examples == 60000
+    assert list((tfds_dir / "mnist" / "3.0.1").glob("mnist-test.array_record*"))
+    source = tfds.data_source("mnist", split="test", data_dir=str(tfds_dir))
+    assert len(source) == 10000 and source[0]["image"].shape == (28, 28, 1)
+    # Same images and labels as the IDX files, in TFDS's (shuffled) order.
+    idx = data.read_idx_dir(mnist_dir)
+
+    def digest(images, labels):
+        return sorted(
+            hashlib.sha1(image.tobytes() + bytes([label])).hexdigest() for image, label in zip(images, labels)
+        )
+
+    assert digest(test_split.images_NxHxW, test_split.labels_N) == digest(idx["test_images"], idx["test_labels"])
+    assert not np.array_equal(test_split.labels_N, idx["test_labels"])
+
+
+def test_prepare_refuses_damaged_files_and_writes_nothing(mnist_dir, tmp_path):
+    folder = _copy(mnist_dir, tmp_path)
+    _rewrite(folder / "train-images-idx3-ubyte.gz", lambda raw: raw[:-1] + b"\x01")
+    with pytest.raises(UserError, match="train-images-idx3-ubyte.gz is damaged"):
+        data.prepare(str(tmp_path / "tfds"), str(folder))
+    assert not data.is_prepared(str(tmp_path / "tfds"))
+
+
+def test_no_data_and_no_network_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.MNIST_DIR_ENV, raising=False)
+    monkeypatch.setattr(data, "MIRROR", "http://127.0.0.1:9/")  # nothing listens on the discard port
+    with pytest.raises(UserError, match="--mnist_dir"):
+        data.prepare(str(tmp_path / "tfds"))
+
+
+def test_epoch_order_is_seeded_full_batches():
+    key = jax.random.key(0)
+    order = np.asarray(data.epoch_order(key, 0, 1000, 64))
+    assert order.shape == (15, 64)
+    assert len(set(order.ravel().tolist())) == 15 * 64  # no repeats within an epoch
+    assert np.array_equal(order, np.asarray(data.epoch_order(key, 0, 1000, 64)))
+    assert not np.array_equal(order, np.asarray(data.epoch_order(key, 1, 1000, 64)))

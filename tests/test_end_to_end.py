@@ -1,0 +1,169 @@
+"""The commands as a user runs them: train, kill, resume, evaluate, and every user mistake."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from digitjax import checkpoint, data
+from digitjax import metrics as metrics_lib
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ("--config", "experiments/smoke.py")
+
+
+def _start(workdir, tfds_dir, mnist_dir, *args):
+    env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "digitjax.train", *SMOKE, "--workdir", str(workdir), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_checkpoint(proc, workdir, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = [p for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+        if steps:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tfds_dir, mnist_dir):
+    """A smoke run killed with SIGKILL after its first checkpoint, then resumed to the end."""
+    workdir = tmp_path_factory.mktemp("run")
+    proc = _start(workdir, tfds_dir, mnist_dir)
+    _wait_for_checkpoint(proc, workdir)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(checkpoint.steps(workdir)[0])
+    resumed = _start(workdir, tfds_dir, mnist_dir)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    return workdir, killed_at, out, err
+
+
+def test_sigkill_then_same_command_resumes_and_finishes(trained):
+    workdir, killed_at, out, err = trained
+    assert killed_at < 64
+    assert f"Resuming {workdir} from step {killed_at}." in err
+    assert "step 64, test accuracy" in out
+    records = metrics_lib.read(workdir)
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == sorted(set(train_steps)), "each step is recorded once, also across the restart"
+    assert [r["step"] for r in records if r["split"] == "test"] == [32, 64]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_json_matches_what_training_reported(trained, run_cli):
+    workdir = trained[0]
+    reported = {r["step"]: r["accuracy"] for r in metrics_lib.read(workdir) if r["split"] == "test"}
+    all_steps, best = checkpoint.steps(workdir)
+    for args, step in ((), best), (("--step", "64"), 64):
+        proc = run_cli("digitjax.evaluate", "--workdir", str(workdir), "--json", *args)
+        result = json.loads(proc.stdout)  # stdout holds the JSON object alone
+        assert result["step"] == step and result["model"] == "fast"
+        assert result["test_accuracy"] == reported[step]
+        assert sum(map(sum, result["confusion_matrix"])) == 10000
+
+
+def test_evaluate_writes_the_report(trained, run_cli):
+    workdir = trained[0]
+    proc = run_cli("digitjax.evaluate", "--workdir", str(workdir))
+    assert "test accuracy" in proc.stdout and "digit 9:" in proc.stdout
+    for name in ("report.json", "confusion.png", "mistakes.png", "curves.png"):
+        assert (workdir / "report" / name).stat().st_size > 1000 or name == "report.json"
+    assert json.loads((workdir / "report" / "report.json").read_text())["test_errors"] > 0
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(tmp_path, tfds_dir, mnist_dir):
+    proc = _start(tmp_path, tfds_dir, mnist_dir)
+    _wait_for_checkpoint(proc, tmp_path)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    stopped_at = int(re.search(r"Stopped by signal 15 at step (\d+)", err).group(1))
+    assert stopped_at in checkpoint.steps(tmp_path)[0]
+    assert stopped_at == max(checkpoint.steps(tmp_path)[0])
+
+
+def _assert_clean_error(proc, *phrases):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: ") or "\nerror: " in proc.stderr, proc.stderr
+    for phrase in phrases:
+        assert phrase in proc.stderr.replace("\n", " "), proc.stderr
+
+
+def test_no_data_is_a_clear_error(run_cli, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli(
+        "digitjax.train",
+        *SMOKE,
+        "--workdir",
+        str(tmp_path / "w"),
+        check=False,
+        TFDS_DATA_DIR=str(tmp_path / "tfds"),
+        DIGITJAX_MNIST_DIR=str(empty),
+    )
+    _assert_clean_error(proc, "train-images-idx3-ubyte.gz is missing", "--mnist_dir")
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_damaged_idx_file_is_a_clear_error(run_cli, tmp_path, mnist_dir):
+    folder = tmp_path / "idx"
+    shutil.copytree(mnist_dir, folder)
+    (folder / "t10k-labels-idx1-ubyte.gz").chmod(0o644)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b" + b"broken")
+    proc = run_cli("digitjax.data", "--data_dir", str(tmp_path / "tfds"), "--mnist_dir", str(folder), check=False)
+    _assert_clean_error(proc, "t10k-labels-idx1-ubyte.gz is damaged")
+
+
+def test_unknown_config_field_is_a_clear_error(run_cli, tmp_path):
+    proc = run_cli("digitjax.train", *SMOKE, "--workdir", str(tmp_path), "--config.nmu_epochs=3", check=False)
+    _assert_clean_error(proc, "Unknown config field 'nmu_epochs'", "Did you mean num_epochs")
+
+
+def test_workdir_of_another_model_is_a_clear_error_and_untouched(trained, run_cli):
+    workdir = trained[0]
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*"))
+    proc = run_cli("digitjax.train", *SMOKE, "--workdir", str(workdir), "--config.model=seed", check=False)
+    _assert_clean_error(proc, "holds a checkpoint of another run", "model='fast' there, 'seed' here")
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, run_cli):
+    run_cli("digitjax.train", *SMOKE, "--workdir", str(tmp_path), "--config.num_epochs=1")
+    good = checkpoint.steps(tmp_path)[0]
+    proc = run_cli(
+        "digitjax.train",
+        *SMOKE,
+        "--workdir",
+        str(tmp_path),
+        "--config.num_epochs=2",
+        "--config.learning_rate=1e12",
+        check=False,
+    )
+    _assert_clean_error(proc, "last good checkpoint")
+    assert checkpoint.steps(tmp_path)[0] == good
+    restored = checkpoint.load_for_inference(tmp_path, step=max(good))
+    import jax
+    from flax import nnx
+
+    assert all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(nnx.state(restored.model)))

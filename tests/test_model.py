@@ -1,0 +1,62 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from digitjax import model as model_lib
+from digitjax.errors import UserError
+
+
+def n_params(m) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+
+
+@pytest.mark.parametrize("name, params", [("seed", 2_380_938), ("fast", None)])
+def test_zoo_shapes_and_sizes(name, params):
+    m = model_lib.create(name, seed=0)
+    m.eval()
+    logits_BxC = m(jnp.zeros((3, 28, 28, 1)))
+    assert logits_BxC.shape == (3, model_lib.NUM_CLASSES)
+    if params:  # the Keras model: 320 + 18,496 + 2,359,552 + 2,570
+        assert n_params(m) == params
+
+
+def test_fast_is_cheaper_than_seed():
+    def flops(name):
+        m = model_lib.create(name, seed=0)
+        m.eval()
+        graphdef, state = nnx.split(m)
+        fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+        return fn.lower(state, jnp.zeros((1, 28, 28, 1))).compile().cost_analysis()["flops"]
+
+    assert flops("fast") < flops("seed") / 2
+
+
+def test_init_is_seeded():
+    a, b, c = (nnx.state(model_lib.create("seed", seed=s), nnx.Param) for s in (0, 0, 1))
+    leaves = lambda s: jax.tree.leaves(s)  # noqa: E731
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(b)))
+    assert not all(np.array_equal(x, y) for x, y in zip(leaves(a), leaves(c)))
+
+
+def test_dropout_only_in_training():
+    m = model_lib.create("seed", seed=0)
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    m.train()
+    y1 = m(x, rngs=nnx.Rngs(dropout=1))
+    y2 = m(x, rngs=nnx.Rngs(dropout=2))
+    assert not np.allclose(y1, y2)
+    m.eval()
+    np.testing.assert_array_equal(m(x), m(x))
+
+
+def test_to_input_scales_pixels():
+    x = model_lib.to_input(jnp.array([[[0, 255]]], jnp.uint8))
+    assert x.shape == (1, 1, 2, 1) and x.dtype == jnp.float32
+    np.testing.assert_array_equal(x[..., 0], [[[0.0, 1.0]]])
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="one of \\['fast', 'seed'\\]"):
+        model_lib.create("resnet", seed=0)
