@@ -56,6 +56,11 @@ def evaluate_arrays(model: nnx.Module, device_batches: list, n: int) -> dict:
     return {"accuracy": int(correct) / n, "loss": float(loss) / n, "logits_NxC": logits_NxC}
 
 
+def predictions_string(logits_NxC: np.ndarray) -> str:
+    """Predicted labels as one digit each: compact enough to keep in a checkpoint's metadata."""
+    return "".join(map(str, np.asarray(logits_NxC).argmax(-1)))
+
+
 def confusion_matrix(labels_N: np.ndarray, predictions_N: np.ndarray) -> np.ndarray:
     """counts_CxC[true, predicted]."""
     counts_CxC = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
@@ -82,6 +87,9 @@ def report(workdir: Path, step: int | None, data_dir: str | None, mnist_dir: str
         "test_errors": int((predictions_N != test.labels_N).sum()),
         "per_class_accuracy": {str(c): float(counts_CxC[c, c] / counts_CxC[c].sum()) for c in range(NUM_CLASSES)},
         "confusion_matrix": counts_CxC.tolist(),
+        # Labels that differ from those the trainer predicted at this step (None: not recorded,
+        # e.g. a mid-epoch checkpoint). Nonzero only if numerics differ, e.g. on another device kind.
+        "labels_changed_since_training": _changed(restored.meta.get("test_predictions"), predictions_N),
         "trained_on": restored.meta.get("device_kind"),
         "evaluated_on": jax.devices()[0].device_kind,
     }
@@ -97,6 +105,12 @@ def report(workdir: Path, step: int | None, data_dir: str | None, mnist_dir: str
         plots_lib.worst_mistakes(test.images_NxHxW, test.labels_N, probs_NxC, out / "mistakes.png")
         plots_lib.curves(metrics.read(workdir), out / "curves.png")
     return summary
+
+
+def _changed(recorded: str | None, predictions_N: np.ndarray) -> int | None:
+    if recorded is None:
+        return None
+    return int((np.frombuffer(recorded.encode(), np.uint8) - ord("0") != predictions_N).sum())
 
 
 def main(argv=None) -> None:

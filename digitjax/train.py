@@ -175,10 +175,13 @@ def train_and_evaluate(
             ev = evaluate.evaluate_arrays(model, batches, len(evaluated[name].labels_N))
             result |= {f"{name}_accuracy": ev["accuracy"], f"{name}_loss": ev["loss"]}
             writer.write(step, name, {"accuracy": ev["accuracy"], "loss": ev["loss"]})
+            if name == "test":
+                predictions = evaluate.predictions_string(ev["logits_NxC"])
         model.train()
         val = f", validation {result['val_accuracy']:.4%}" if "val_accuracy" in result else ""
         bar.write(f"epoch {result['epoch']}/{config.num_epochs}: test accuracy {result['test_accuracy']:.4%}{val}")
-        return result
+        # Kept with the checkpoint, so a restored model can be checked label for label.
+        return result | {"test_predictions": predictions}
 
     def save(extra: dict | None = None) -> None:
         if ckpts.has(step):

@@ -36,8 +36,10 @@ def test_split(tfds_dir) -> data.Split:
 def run_cli(tfds_dir, mnist_dir):
     """Runs `python -m MODULE ARGS` as a user would, with the test data dirs in the environment."""
 
+    base_env = {"TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir)}
+
     def run(module: str, *args: str, check: bool = True, **env) -> subprocess.CompletedProcess:
-        environ = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir), **env}
+        environ = {**os.environ, **base_env, **env}
         proc = subprocess.run(
             [sys.executable, "-m", module, *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=600
         )
@@ -45,4 +47,5 @@ def run_cli(tfds_dir, mnist_dir):
             raise AssertionError(f"{module} {args} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         return proc
 
+    run.env = base_env
     return run

@@ -78,7 +78,35 @@ def test_evaluate_json_matches_what_training_reported(trained, run_cli):
         result = json.loads(proc.stdout)  # stdout holds the JSON object alone
         assert result["step"] == step and result["model"] == "fast"
         assert result["test_accuracy"] == reported[step]
+        assert result["labels_changed_since_training"] == 0
         assert sum(map(sum, result["confusion_matrix"])) == 10000
+
+
+RESTORE_AND_PREDICT = """
+import sys, jax, numpy as np
+from flax import nnx
+from digitjax import checkpoint, data, model
+restored = checkpoint.load_for_inference(sys.argv[1], device=jax.devices("cpu")[0])
+test = data.load("test")
+predict = nnx.jit(lambda m, x: m(model.to_input(x)).argmax(-1))
+labels = np.concatenate([predict(restored.model, test.images_NxHxW[i : i + 500]) for i in range(0, 10000, 500)])
+print(restored.step, "".join(map(str, labels)))
+"""
+
+
+def test_fast_checkpoint_predicts_in_a_fresh_process_what_it_did_in_training(trained, run_cli):
+    workdir = trained[0]
+    proc = subprocess.run(
+        [sys.executable, "-c", RESTORE_AND_PREDICT, str(workdir)],
+        env={**os.environ, **run_cli.env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    step, labels = proc.stdout.split()
+    recorded = checkpoint.load_for_inference(workdir, step=int(step)).meta["test_predictions"]
+    assert len(labels) == 10000 and labels == recorded
 
 
 def test_evaluate_writes_the_report(trained, run_cli):
