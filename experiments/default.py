@@ -2,7 +2,8 @@
 
     python -m digitjax.train                      # -> checkpoints/default
 
-Expected: see the table in README.md (measured on the 2-core CPU machine).
+Expected: best validation accuracy 99.38% at epoch 4 (step 1716), where test accuracy is
+99.28%, seed 0; 293 s of wall time for the whole command on the 2-core CPU machine.
 """
 
 import ml_collections

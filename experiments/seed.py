@@ -2,7 +2,9 @@
 
     python -m digitjax.train --config experiments/seed.py --workdir checkpoints/seed
 
-Expected: see the table in README.md (measured on the 2-core CPU machine).
+Expected: 99.30% test accuracy after 10 epochs (98.38% after the first), seed 0; 1,654 s of
+wall time for the whole command on the 2-core CPU machine (~145 s an epoch at ~410 images/s;
+part of that run shared the CPU with other work).
 """
 
 from experiments import default
