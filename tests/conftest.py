@@ -49,3 +49,16 @@ def run_cli(tfds_dir, mnist_dir):
 
     run.env = base_env
     return run
+
+
+@pytest.fixture(scope="session")
+def served_checkpoints(tfds_dir, mnist_dir, tmp_path_factory) -> Path:
+    """A checkpoints/ folder with one small but competent run (~97% test accuracy) to serve."""
+    from digitjax import train
+    from experiments import smoke
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    config = smoke.get_config()
+    config.train_size, config.batch_size, config.num_epochs = 12800, 64, 2
+    train.train_and_evaluate(config, root / "tiny", str(tfds_dir), str(mnist_dir))
+    return root

@@ -1,0 +1,180 @@
+"""The Flask app through its test client: every endpoint and every bad input."""
+
+import base64
+import io
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitjax import preprocess
+from experiments import parity
+from webui import create_app
+
+
+@pytest.fixture(scope="module")
+def app(served_checkpoints):
+    return create_app({"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def png(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def canvas_of(digit_28x28: np.ndarray, scale: int = 8, offset=(30, 50), dark_on_light: bool = True) -> np.ndarray:
+    """An MNIST digit drawn large somewhere on a 280x280 canvas."""
+    big = np.asarray(Image.fromarray(digit_28x28).resize((28 * scale, 28 * scale), Image.Resampling.BILINEAR))
+    canvas = np.zeros((280, 280), np.uint8)
+    canvas[offset[0] : offset[0] + big.shape[0], offset[1] : offset[1] + big.shape[1]] = big
+    return 255 - canvas if dark_on_light else canvas
+
+
+def test_healthz_model_and_openapi(client):
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json == {"status": "ok", "run": "tiny", "runs": 1}
+    info = client.get("/api/model").json
+    assert info["default"] == "tiny" and info["runs"][0]["model"] == "fast" and info["runs"][0]["step"] > 0
+    spec = client.get("/api/openapi.json").json
+    assert spec["openapi"].startswith("3.") and set(spec["paths"]) == {"/api/predict", "/api/model", "/healthz"}
+
+
+def test_page_serves_canvas_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and b'id="pad"' in page.data and b"app.js" in page.data
+    assert b"<script>" not in page.data  # scripts come from static files only
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/app.css").status_code == 200
+
+
+@pytest.mark.parametrize("dark_on_light", [True, False])
+def test_predict_multipart_png_either_polarity(client, test_split, dark_on_light):
+    image = canvas_of(test_split.images_NxHxW[0], dark_on_light=dark_on_light)
+    r = client.post("/api/predict", data={"image": (io.BytesIO(png(image)), "digit.png")})
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["label"] == test_split.labels_N[0] and not body["empty"]
+    assert len(body["probabilities"]) == 10 and abs(sum(body["probabilities"]) - 1) < 1e-3
+    assert body["confidence"] == max(body["probabilities"])
+    assert np.array(body["input"]).shape == (28, 28) and np.array(body["saliency"]).shape == (28, 28)
+    assert body["input"] == preprocess.to_mnist(image).image_28x28.tolist()
+    assert body["model_ms"] > 0 and body["run"] == "tiny"
+
+
+def test_predict_json_data_url_jpeg_and_pixels(client, test_split):
+    for i, fmt in ((1, "PNG"), (2, "JPEG")):
+        data = base64.b64encode(png(canvas_of(test_split.images_NxHxW[i]), fmt)).decode()
+        r = client.post("/api/predict", json={"image": f"data:image/{fmt.lower()};base64,{data}", "saliency": False})
+        assert r.status_code == 200 and r.json["label"] == test_split.labels_N[i] and r.json["saliency"] is None
+    pixels = test_split.images_NxHxW[3].ravel().tolist()
+    r = client.post("/api/predict", json={"pixels": pixels, "run": "tiny"})
+    assert r.status_code == 200 and r.json["label"] == test_split.labels_N[3]
+
+
+def test_empty_canvas_predicts_nothing_and_a_dot_is_unsure(client):
+    blank = np.full((280, 280), 255, np.uint8)
+    r = client.post("/api/predict", data={"image": (io.BytesIO(png(blank)), "blank.png")})
+    assert r.status_code == 200 and r.json["empty"] and r.json["label"] is None and r.json["probabilities"] is None
+    dot = blank.copy()
+    dot[140:145, 140:145] = 0
+    r = client.post("/api/predict", data={"image": (io.BytesIO(png(dot)), "dot.png")})
+    assert r.json["unsure"] and r.json["reason"] == "this does not look like a digit"
+
+
+def test_requests_compile_nothing(app, test_split):
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, *_a, **_k: compiles.append(event) if "compile" in event else None
+    )
+    client = app.test_client()
+    for i in range(3):
+        client.post("/api/predict", data={"image": (io.BytesIO(png(canvas_of(test_split.images_NxHxW[i]))), "d.png")})
+    assert compiles == []
+
+
+def _gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "GIF")
+    return buf.getvalue()
+
+
+def _huge_png() -> bytes:  # 20,000 x 20,000 pixels in a few kB: a decompression bomb
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+NOISE = np.random.default_rng(0).integers(0, 256, (280, 280), dtype=np.uint8)
+
+BAD = [
+    ("malformed JSON", dict(data=b"{not json", content_type="application/json"), 400, "Send JSON"),
+    ("JSON list", dict(json=[1, 2]), 400, "must be an object"),
+    ("no image", dict(json={"run": "tiny"}), 400, "needs `image`"),
+    ("short pixels", dict(json={"pixels": [0] * 783}), 400, "784 numbers"),
+    ("text pixels", dict(json={"pixels": ["a"] * 784}), 400, "numbers only"),
+    ("NaN pixels", dict(data=b'{"pixels": [' + b"NaN," * 783 + b"NaN]}", content_type="application/json"), 400, "NaN"),
+    ("negative pixels", dict(json={"pixels": [-1] * 784}), 400, "from 0 to 255"),
+    ("bad base64", dict(json={"image": "@@@"}), 400, "not valid base64"),
+    ("not an image", dict(json={"image": base64.b64encode(b"hello world").decode()}), 415, "not an image"),
+    ("GIF", dict(json={"image": base64.b64encode(_gif()).decode()}), 415, "GIF images are not accepted"),
+    ("bomb", dict(json={"image": base64.b64encode(_huge_png()).decode()}), 413, "too many pixels"),
+    (
+        "big image",
+        dict(json={"image": base64.b64encode(png(np.zeros((5000, 5000), np.uint8))).decode()}),
+        413,
+        "5000x5000",
+    ),
+    (
+        "truncated PNG",
+        dict(data={"image": (io.BytesIO(png(NOISE)[:2000]), "t.png")}),
+        400,
+        "decoded",
+    ),
+    ("multipart without image", dict(data={"other": (io.BytesIO(b"x"), "x.png")}), 400, "no file field named `image`"),
+    ("unknown run", dict(json={"pixels": [0] * 784, "run": "../../etc/passwd"}), 404, "Unknown run"),
+    ("run not a string", dict(json={"pixels": [0] * 784, "run": 5}), 404, "Unknown run"),
+    ("50 MB body", dict(data=b"0" * (50 * 1024 * 1024), content_type="application/json"), 413, "larger than"),
+]
+
+
+@pytest.mark.parametrize("kwargs, status, phrase", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_is_a_4xx_json_error(client, kwargs, status, phrase):
+    r = client.post("/api/predict", **kwargs)
+    assert r.status_code == status, r.data[:300]
+    assert r.is_json and r.json["status"] == status and phrase in r.json["error"], r.json
+
+
+def test_wrong_method_and_unknown_path_are_json(client):
+    assert client.get("/api/predict").status_code == 405 and client.get("/api/predict").is_json
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and r.is_json and "error" in r.json
+
+
+def test_no_checkpoint_says_how_to_train(tmp_path):
+    app = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": None})
+    client = app.test_client()
+    health = client.get("/healthz")
+    assert health.status_code == 503 and "python -m digitjax.train" in health.json["error"]
+    assert b"python -m digitjax.train" in client.get("/").data
+    r = client.post("/api/predict", json={"pixels": [0] * 784})
+    assert r.status_code == 503 and "python -m digitjax.train" in r.json["error"]
+
+
+def test_workdir_picks_the_default_run(served_checkpoints, tmp_path):
+    app = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": str(served_checkpoints / "tiny")})
+    assert app.test_client().get("/api/model").json["default"] == "tiny"
+    broken = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": str(tmp_path / "missing")})
+    assert broken.test_client().get("/healthz").status_code == 503
+
+
+def test_parity_of_canvas_sized_digits_with_plain_evaluation(app, test_split):
+    """A sample of the full check (`python -m experiments.parity`): same accuracy through the API."""
+    result = parity.measure(app, test_split, n=300)
+    assert result["api_accuracy"] >= result["plain_accuracy"] - 0.01, result

@@ -1,0 +1,32 @@
+"""The canvas: a Flask app that serves a digitjax checkpoint to a drawing page and a JSON API.
+
+flask --app webui run                                      # the newest run under checkpoints/
+gunicorn -w 2 "webui:create_app()"                         # production, same app
+DIGITJAX_WORKDIR=checkpoints/seed flask --app webui run    # serve another run first
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """The app, with every run under CHECKPOINTS_DIR restored and its predict function compiled."""
+    from webui import serving, views
+
+    app = Flask(__name__)
+    app.config.from_mapping(
+        CHECKPOINTS_DIR=os.environ.get("DIGITJAX_CHECKPOINTS", "checkpoints"),  # runs offered in the selector
+        WORKDIR=os.environ.get("DIGITJAX_WORKDIR"),  # the run served by default; else the newest
+        MAX_CONTENT_LENGTH=8 * 1024 * 1024,  # bytes of one request; more is a 413
+        MAX_IMAGE_PIXELS=4096 * 4096,  # an upload larger than this is refused before decoding
+        UNSURE_BELOW=0.7,  # a top probability under this is shown as unsure
+    )
+    app.config.update(config or {})
+    app.extensions["digitjax"] = serving.Runs.load(app.config["CHECKPOINTS_DIR"], app.config["WORKDIR"])
+    if app.extensions["digitjax"].problem:
+        app.logger.error(app.extensions["digitjax"].problem)
+    app.register_blueprint(views.bp)
+    return app
