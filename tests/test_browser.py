@@ -1,0 +1,122 @@
+"""The drawing page in a real browser: headless Chromium draws strokes, the answer appears.
+
+Needs Debian's chromium and chromium-driver (installed by .ci/run). Screenshots go to
+test-artifacts/ (or $DIGITJAX_ARTIFACTS).
+"""
+
+import math
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from webui import create_app
+
+ARTIFACTS = Path(os.environ.get("DIGITJAX_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def server(served_checkpoints):
+    app = create_app({"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None})
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}/"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        message = "Debian's chromium and chromium-driver are needed: apt-get install chromium chromium-driver"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    yield driver
+    driver.quit()
+
+
+# Strokes in canvas pixels (the canvas is 280x280), one list of points per stroke.
+DIGITS = {
+    1: [[(140, 40 + 10 * i) for i in range(21)]],
+    7: [[(70 + 14 * i, 50) for i in range(11)], [(210 - 5 * i, 50 + 10 * i) for i in range(20)]],
+    0: [[(140 + 55 * math.sin(t / 20 * 2 * math.pi), 140 - 90 * math.cos(t / 20 * 2 * math.pi)) for t in range(21)]],
+}
+
+
+def draw(driver, strokes, kind: str):
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+
+    pad = driver.find_element("id", "pad")
+    kinds = {"mouse": interaction.POINTER_MOUSE, "touch": interaction.POINTER_TOUCH, "pen": interaction.POINTER_PEN}
+    builder = ActionBuilder(driver, mouse=PointerInput(kinds[kind], kind))
+    for stroke in strokes:
+        # move_to offsets are from the element's centre.
+        builder.pointer_action.move_to(pad, int(stroke[0][0] - 140), int(stroke[0][1] - 140))
+        builder.pointer_action.pointer_down()
+        for x, y in stroke[1:]:
+            builder.pointer_action.move_to(pad, int(x - 140), int(y - 140))
+        builder.pointer_action.pointer_up()
+    builder.perform()
+
+
+def answer(driver, previous=None):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    label = driver.find_element("id", "label")
+    WebDriverWait(driver, 20).until(lambda d: label.get_attribute("data-label") not in (None, previous))
+    return int(label.get_attribute("data-label"))
+
+
+@pytest.mark.parametrize("kind, digit", [("mouse", 1), ("mouse", 7), ("mouse", 0), ("touch", 1), ("pen", 7)])
+def test_drawing_shows_the_digit(server, browser, kind, digit):
+    browser.get(server)
+    draw(browser, DIGITS[digit], kind)
+    assert answer(browser) == digit
+    bars = browser.find_elements("css selector", "#bars li.top")
+    assert len(bars) == 1 and bars[0].text.startswith(str(digit))
+    seen = browser.execute_script(
+        "const d = document.getElementById('seen').getContext('2d').getImageData(0, 0, 168, 168).data;"
+        "let ink = 0; for (let i = 0; i < d.length; i += 4) ink += d[i] > 128; return ink;"
+    )
+    assert seen > 100, "the 28x28 input is shown"
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / f"canvas-{kind}-{digit}.png"))
+
+
+def test_clear_undo_and_run_selector(server, browser):
+    browser.get(server)
+    assert browser.find_element("id", "run").get_attribute("value") == "tiny"
+    assert "step" in browser.find_element("id", "run-info").text
+    draw(browser, DIGITS[1], "mouse")
+    assert answer(browser) == 1
+    browser.find_element("id", "undo").click()
+    label = browser.find_element("id", "label")
+    assert label.text == "–" and label.get_attribute("data-label") is None  # the only stroke is gone
+    draw(browser, DIGITS[7], "mouse")
+    assert answer(browser) == 7
+    browser.find_element("id", "clear").click()
+    assert label.text == "–"
+    assert browser.execute_script("return window.scrollY") == 0
