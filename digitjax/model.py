@@ -16,12 +16,38 @@ def to_input(images_BxHxW: jax.Array) -> jax.Array:
     return (images_BxHxW.astype(jnp.float32) / 255.0)[..., None]
 
 
+class Conv(nnx.Conv):
+    """nnx.Conv (same parameters) computed as one matmul over shifted copies of the input.
+
+    XLA's CPU convolution (and its gradients) reaches ~1/5 of the machine's matmul peak on
+    these small images; gathering the kh*kw shifted views into the channel axis and doing a
+    single dot runs the seed model's training step ~1.5x faster on CPU, and is exact. The
+    gathered copy grows with the batch: past MAX_BATCH (evaluation's large batches) XLA's own
+    convolution is faster again (5x at 1,000 images), so it takes over there.
+    """
+
+    MAX_BATCH = 256
+
+    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
+        kh, kw, cin, cout = self.kernel.shape
+        if x_BxHxWxC.shape[0] > self.MAX_BATCH:
+            return super().__call__(x_BxHxWxC)
+        if self.padding == "SAME":
+            x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
+        elif self.padding != "VALID" or self.strides not in (1, (1, 1)) or self.kernel_dilation not in (1, (1, 1)):
+            return super().__call__(x_BxHxWxC)
+        h, w = x_BxHxWxC.shape[1] - kh + 1, x_BxHxWxC.shape[2] - kw + 1
+        columns = jnp.concatenate([x_BxHxWxC[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)
+        y = columns @ self.kernel[...].reshape(kh * kw * cin, cout)
+        return y + self.bias[...] if self.bias is not None else y
+
+
 class Seed(nnx.Module):
     """The classic Keras MNIST CNN: two 3x3 convs, max-pool, dropout, dense 256, dropout."""
 
     def __init__(self, *, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, 32, (3, 3), padding="VALID", rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (3, 3), padding="VALID", rngs=rngs)
+        self.conv1 = Conv(1, 32, (3, 3), padding="VALID", rngs=rngs)
+        self.conv2 = Conv(32, 64, (3, 3), padding="VALID", rngs=rngs)
         self.drop1 = nnx.Dropout(0.25)
         self.dense1 = nnx.Linear(12 * 12 * 64, 256, rngs=rngs)
         self.drop2 = nnx.Dropout(0.5)

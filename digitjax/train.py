@@ -9,7 +9,9 @@ Ctrl-C) saves a checkpoint at the current step and stops.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import signal
 import sys
 import time
@@ -57,8 +59,7 @@ def make_optimizer(
     return optimizers[config.optimizer](schedule), schedule
 
 
-@nnx.jit
-def train_step(
+def _step(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
     metrics: nnx.MultiMetric,
@@ -81,6 +82,29 @@ def train_step(
     (loss, logits_BxC), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
     metrics.update(loss=loss, logits=logits_BxC, labels=labels_B)
+
+
+train_step = nnx.jit(_step)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _train_steps(graphdef, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key):
+    def body(i, state):
+        model, optimizer, metrics = nnx.merge(graphdef, state)
+        _step(model, optimizer, metrics, images_NxHxW, labels_N, order_SxB, first_index + i, dropout_key)
+        return nnx.state((model, optimizer, metrics))
+
+    return jax.lax.fori_loop(0, num_steps, body, state)
+
+
+def train_steps(
+    model, optimizer, metrics, images_NxHxW, labels_N, order_SxB, first_index: int, num_steps: int, dropout_key
+) -> None:
+    """`num_steps` steps from batch `first_index` of the epoch in one dispatch: no host work between
+    them, the state's buffers donated and updated in place."""
+    graphdef, state = nnx.split((model, optimizer, metrics))
+    state = _train_steps(graphdef, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key)
+    nnx.update((model, optimizer, metrics), state)
 
 
 @jax.jit
@@ -198,7 +222,10 @@ def train_and_evaluate(
             while step < total_steps and stop.signal is None:
                 if order_SxB is None or step % steps_per_epoch == 0:
                     order_SxB = data.epoch_order(data_key, step // steps_per_epoch, n, batch_size)
-                train_step(
+                # Up to the next log, checkpoint or epoch end, in one dispatch.
+                periods = (config.log_every_steps, config.checkpoint_every_steps, steps_per_epoch)
+                until = min([step + p - step % p for p in periods] + [total_steps, step + config.steps_per_dispatch])
+                train_steps(
                     model,
                     optimizer,
                     train_metrics,
@@ -206,10 +233,11 @@ def train_and_evaluate(
                     labels_N,
                     order_SxB,
                     step % steps_per_epoch,
+                    until - step,
                     dropout_key,
                 )
-                step += 1
-                bar.update()
+                bar.update(until - step)
+                step = until
                 end_of_epoch = step % steps_per_epoch == 0
                 if end_of_epoch or step % config.log_every_steps == 0:
                     log_train()
@@ -277,6 +305,9 @@ def main(argv) -> None:
         _WORKDIR.value or Path("checkpoints") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     )
     logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and WARNING
+    # Compiled steps persist across runs (a resumed or repeated run skips compiling).
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path("~/.cache/digitjax/xla").expanduser()))
+    jax.config.update("jax_compilation_cache_dir", cache)
     started = time.perf_counter()
     with exit_on_user_error():
         result = train_and_evaluate(_CONFIG.value, workdir, _DATA_DIR.value, _MNIST_DIR.value)

@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.validation_size = 5000  # training images held out to pick the best checkpoint; 0 for none
     c.train_size = 0  # train on only the first N of the remaining images (quick runs); 0 for all
     c.eval_batch_size = 1000  # images per evaluation batch; the last one is padded, never dropped
+    c.steps_per_dispatch = 25  # optimizer steps per jitted call; signals are noticed between calls
     c.log_every_steps = 100  # steps between training-metric records (the only host syncs)
     c.checkpoint_every_steps = 200  # steps between mid-epoch checkpoints; every epoch end saves too
     c.keep_latest = 2  # newest checkpoints kept, besides the best by validation accuracy

@@ -60,3 +60,12 @@ def test_to_input_scales_pixels():
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match="one of \\['fast', 'seed'\\]"):
         model_lib.create("resnet", seed=0)
+
+
+@pytest.mark.parametrize("padding, batch", [("VALID", 4), ("SAME", 4), ("VALID", model_lib.Conv.MAX_BATCH + 1)])
+def test_patch_conv_matches_xla_conv(padding, batch):
+    ours = model_lib.Conv(8, 16, (3, 3), padding=padding, rngs=nnx.Rngs(0))
+    xla = nnx.Conv(8, 16, (3, 3), padding=padding, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (batch, 12, 12, 8))
+    np.testing.assert_allclose(ours(x), xla(x), atol=1e-5)
+    assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(xla))  # same checkpoints

@@ -63,3 +63,47 @@ def test_all_finite():
 def test_epoch_order_covers_the_split_once():
     order = np.asarray(data.epoch_order(jax.random.key(3), 2, 1024, 32))
     assert sorted(order.ravel().tolist()) == list(range(1024))
+
+
+def test_many_steps_per_dispatch_equal_single_steps(test_split):
+    """The trainer's chunked loop is the same algorithm as stepping one batch at a time."""
+    config = smoke.get_config()
+    images, labels = jax.device_put((test_split.images_NxHxW[:256], test_split.labels_N[:256]))
+    order = data.epoch_order(jax.random.key(0), 0, 256, 32)
+    runs = []
+    for chunked in (False, True):
+        model = model_lib.create("seed", seed=0)
+        optimizer = nnx.Optimizer(model, train.make_optimizer(config, 8)[0], wrt=nnx.Param)
+        metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+        model.train()
+        if chunked:
+            train.train_steps(model, optimizer, metrics, images, labels, order, 0, 3, jax.random.key(1))
+            train.train_steps(model, optimizer, metrics, images, labels, order, 3, 5, jax.random.key(1))
+        else:
+            for i in range(8):
+                train.train_step(model, optimizer, metrics, images, labels, order, i, jax.random.key(1))
+        runs.append((jax.tree.leaves(nnx.state(model, nnx.Param)), float(metrics.compute()["loss"])))
+    assert int(optimizer.step[...]) == 8
+    for a, b in zip(runs[0][0], runs[1][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-5)
+
+
+def test_bench_smoke_prints_its_figures():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "digitjax.bench", "--config", "experiments/smoke.py", "--smoke", "--baseline"],
+        cwd=train.EXPERIMENTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["variant"] for r in rows] == ["baseline", "digitjax"]
+    for r in rows:
+        assert r["train_images_per_s"] > 0 and 0 < r["share_of_matmul_peak"] < 1.5
+        assert {"jax", "device_kind", "cpu_cores", "compile_s", "seconds_per_epoch"} <= set(r)

@@ -1,0 +1,154 @@
+"""Training and inference speed of a config's model on this machine, as a table and one JSON line.
+
+    python -m digitjax.bench --config experiments/seed.py            # ~1 min on 2 CPU cores
+    python -m digitjax.bench --config experiments/seed.py --smoke    # seconds, for CI
+
+Times the trainer's own `train_steps` (the dataset on the device, many steps per dispatch) on
+random uint8 images of MNIST's shape, compile time apart; the share of the machine's measured
+fp32 matmul peak that one training step reaches (FLOPs from XLA's cost analysis); and batched
+inference. Records the JAX version, device kind and core count with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from digitjax import model as model_lib
+from digitjax import train
+
+
+def matmul_peak_gflops(n: int = 1024, reps: int = 10) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = f(a)
+    out.block_until_ready()
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def _load_config(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
+    """baseline: the plain Flax NNX way digitjax started from, for comparison: XLA's own
+    convolutions and one `nnx.jit` dispatch per step."""
+    rng = np.random.default_rng(0)
+    images, labels = jax.device_put((rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.int32)))
+    steps_per_epoch = n // config.batch_size
+    patch_conv = model_lib.Conv
+    if baseline:
+        model_lib.Conv = nnx.Conv
+    try:
+        model = model_lib.create(config.model, config.seed)
+    finally:
+        model_lib.Conv = patch_conv
+    tx, _ = train.make_optimizer(config, steps_per_epoch * config.num_epochs)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+    order = jnp.arange(steps_per_epoch * config.batch_size).reshape(steps_per_epoch, config.batch_size)
+    key = jax.random.key(0)
+    model.train()
+
+    def run(first, count):
+        if baseline:
+            for index in range(first, first + count):
+                train.train_step(model, optimizer, metrics, images, labels, order, index, key)
+        else:
+            train.train_steps(model, optimizer, metrics, images, labels, order, first, count, key)
+        jax.block_until_ready(nnx.state(optimizer))
+
+    start = time.perf_counter()
+    run(0, 1)
+    compile_s = time.perf_counter() - start
+    run(1, 2)  # one warm call
+    start = time.perf_counter()
+    for first in range(3, 3 + steps, config.steps_per_dispatch):
+        run(first, min(config.steps_per_dispatch, 3 + steps - first))
+    train_s = time.perf_counter() - start
+    images_per_s = steps * config.batch_size / train_s
+
+    # FLOPs of one training step, from XLA's own count of the compiled single step.
+    graphdef, state = nnx.split((model, optimizer, metrics))
+    step_flops = (
+        train._train_steps.lower(graphdef, state, images, labels, order, 0, 1, key).compile().cost_analysis()["flops"]
+    )
+    peak = matmul_peak_gflops()
+
+    model.eval()
+    predict = nnx.jit(lambda m, x: m(model_lib.to_input(x)).argmax(-1))
+    batch = images[:1000]
+    predict(model, batch).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(5):
+        out = predict(model, batch)
+    out.block_until_ready()
+    inference = 5000 / (time.perf_counter() - start)
+
+    achieved = step_flops * steps / train_s / 1e9
+    return {
+        "variant": "baseline" if baseline else "digitjax",
+        "model": config.model,
+        "batch_size": config.batch_size,
+        "steps_per_dispatch": config.steps_per_dispatch,
+        "train_images_per_s": images_per_s,
+        "seconds_per_epoch": 60000 / images_per_s,
+        "compile_s": compile_s,
+        "step_gflop": step_flops / 1e9,
+        "achieved_gflops": achieved,
+        "matmul_peak_gflops": peak,
+        "share_of_matmul_peak": achieved / peak,
+        "inference_images_per_s": inference,
+        "jax": jax.__version__,
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "cpu_cores": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    from digitjax.train import EXPERIMENTS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(EXPERIMENTS / "seed.py"))
+    parser.add_argument("--steps", type=int, default=100, help="timed training steps")
+    parser.add_argument("--smoke", action="store_true", help="a few steps only, to check it runs")
+    parser.add_argument("--baseline", action="store_true", help="also time XLA convs with one dispatch per step")
+    args = parser.parse_args()
+    config = _load_config(args.config)
+    steps = 4 if args.smoke else args.steps
+    results = [bench(config, steps, baseline=True)] if args.baseline else []
+    results.append(bench(config, steps))
+    columns = f"{'batch':>6}{'train img/s':>13}{'s/epoch':>9}{'compile s':>11}{'% peak':>8}{'infer img/s':>13}"
+    print(f"{'variant':<10}{'model':<8}{columns}")
+    for r in results:
+        print(
+            f"{r['variant']:<10}{r['model']:<8}{r['batch_size']:>6}{r['train_images_per_s']:>13.0f}{r['seconds_per_epoch']:>9.1f}"
+            f"{r['compile_s']:>11.1f}{100 * r['share_of_matmul_peak']:>8.1f}{r['inference_images_per_s']:>13.0f}"
+        )
+    print(
+        f"{r['step_gflop']:.2f} GFLOP per step; {r['achieved_gflops']:.1f} GFLOP/s of a measured "
+        f"{r['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak; jax {r['jax']} on {r['devices']}x "
+        f"{r['device_kind']}, {r['cpu_cores']} cores"
+    )
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
