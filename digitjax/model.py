@@ -19,18 +19,20 @@ def to_input(images_BxHxW: jax.Array) -> jax.Array:
 class Conv(nnx.Conv):
     """nnx.Conv (same parameters) computed as one matmul over shifted copies of the input.
 
-    XLA's CPU convolution (and its gradients) reaches ~1/5 of the machine's matmul peak on
-    these small images; gathering the kh*kw shifted views into the channel axis and doing a
-    single dot runs the seed model's training step ~1.5x faster on CPU, and is exact. The
+    XLA's CPU convolution (and its gradients) reaches ~1/6 of the machine's matmul peak on
+    these small images, and is ~7x slower still inside the trainer's fori_loop; gathering the
+    kh*kw shifted views into the channel axis and doing a single dot is exact, and runs the
+    training step ~1.5x faster on its own and far faster inside the loop. The
     gathered copy grows with the batch: past MAX_BATCH (evaluation's large batches) XLA's own
-    convolution is faster again (5x at 1,000 images), so it takes over there.
+    convolution is faster again (5x at 1,000 images), and for the single images of serving
+    it is slightly faster too, so it takes over for both.
     """
 
     MAX_BATCH = 256
 
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         kh, kw, cin, cout = self.kernel.shape
-        if x_BxHxWxC.shape[0] > self.MAX_BATCH:
+        if not 1 < x_BxHxWxC.shape[0] <= self.MAX_BATCH:  # serving's single images: XLA's is faster
             return super().__call__(x_BxHxWxC)
         if self.padding == "SAME":
             x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
@@ -68,9 +70,9 @@ class Fast(nnx.Module):
     learning rate, and a narrow dense head."""
 
     def __init__(self, *, rngs: nnx.Rngs, width: int = 32):
-        self.conv1 = nnx.Conv(1, width, (3, 3), use_bias=False, rngs=rngs)
+        self.conv1 = Conv(1, width, (3, 3), use_bias=False, rngs=rngs)
         self.bn1 = nnx.BatchNorm(width, momentum=0.9, rngs=rngs)
-        self.conv2 = nnx.Conv(width, 2 * width, (3, 3), use_bias=False, rngs=rngs)
+        self.conv2 = Conv(width, 2 * width, (3, 3), use_bias=False, rngs=rngs)
         self.bn2 = nnx.BatchNorm(2 * width, momentum=0.9, rngs=rngs)
         self.drop = nnx.Dropout(0.25)
         self.dense1 = nnx.Linear(7 * 7 * 2 * width, 128, rngs=rngs)

@@ -8,8 +8,8 @@ canvas PNG of a test digit: one client for --requests requests (p50/p99 latency)
 concurrent clients for --seconds (requests/s). Prints a table and one JSON line. Bounded in
 count and time; stops the server when done.
 
-Measured on the 2-core CPU machine with checkpoints/fast: one client p50 4.6 ms, p99 8.8 ms;
-8 clients 433 requests/s (p99 27.6 ms), 0 errors; the model 1.2 ms per request.
+Measured on the 2-core CPU machine with checkpoints/fast: one client p50 5.4 ms, p99 7.3 ms;
+8 clients 335 requests/s (p99 34.2 ms), 0 errors; the model 1.28 ms per request.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 Each test digit is enlarged 3-9x (bilinear) and pasted, dark on white, at a random place of a
 280x280 canvas, sent as a PNG through POST /api/predict (Flask's full request path), and the
 labels compared with the plain evaluation of the same checkpoint on the 28x28 originals.
-Measured on the 2-core CPU machine, all 10,000 digits (~40 s): checkpoints/fast 99.15% through
-the API vs 99.25% plain (-0.10 points); checkpoints/seed 99.23% vs 99.30% (-0.07 points).
+Measured on the 2-core CPU machine, all 10,000 digits (~40 s): checkpoints/fast 99.05% through
+the API vs 99.12% plain (-0.07 points); checkpoints/seed 99.17% vs 99.27% (-0.10 points).
 """
 
 from __future__ import annotations
