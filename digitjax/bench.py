@@ -129,18 +129,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed training steps")
     parser.add_argument("--smoke", action="store_true", help="a few steps only, to check it runs")
     parser.add_argument("--baseline", action="store_true", help="also time XLA convs with one dispatch per step")
+    parser.add_argument("--peers", action="store_true", help="also time the seed model in PyTorch and Keras")
     args = parser.parse_args()
     config = _load_config(args.config)
     steps = 4 if args.smoke else args.steps
     results = [bench(config, steps, baseline=True)] if args.baseline else []
     results.append(bench(config, steps))
+    if args.peers:
+        import importlib
+
+        for peer in ("torch_seed", "keras_seed"):  # optional extras: skipped when not installed
+            try:
+                results.append(importlib.import_module(f"experiments.peers.{peer}").bench(config.batch_size, steps))
+            except ImportError as e:
+                print(f"skipping {peer}: {e}")
     columns = f"{'batch':>6}{'train img/s':>13}{'s/epoch':>9}{'compile s':>11}{'% peak':>8}{'infer img/s':>13}"
     print(f"{'variant':<10}{'model':<8}{columns}")
     for r in results:
         print(
             f"{r['variant']:<10}{r['model']:<8}{r['batch_size']:>6}{r['train_images_per_s']:>13.0f}{r['seconds_per_epoch']:>9.1f}"
-            f"{r['compile_s']:>11.1f}{100 * r['share_of_matmul_peak']:>8.1f}{r['inference_images_per_s']:>13.0f}"
+            f"{r.get('compile_s', float('nan')):>11.1f}{100 * r.get('share_of_matmul_peak', float('nan')):>8.1f}"
+            f"{r.get('inference_images_per_s', float('nan')):>13.0f}"
         )
+    r = next(r for r in results if r["variant"] == "digitjax")
     print(
         f"{r['step_gflop']:.2f} GFLOP per step; {r['achieved_gflops']:.1f} GFLOP/s of a measured "
         f"{r['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak; jax {r['jax']} on {r['devices']}x "
