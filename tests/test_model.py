@@ -69,3 +69,10 @@ def test_patch_conv_matches_xla_conv(padding, batch):
     x = jax.random.normal(jax.random.key(1), (batch, 12, 12, 8))
     np.testing.assert_allclose(ours(x), xla(x), atol=1e-5)
     assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(xla))  # same checkpoints
+
+
+def test_max_pool_2x2_matches_flax():
+    x = jax.random.normal(jax.random.key(0), (3, 24, 24, 5))
+    np.testing.assert_array_equal(model_lib.max_pool_2x2(x), nnx.max_pool(x, (2, 2), (2, 2)))
+    odd = jax.random.normal(jax.random.key(1), (2, 7, 7, 3))
+    np.testing.assert_array_equal(model_lib.max_pool_2x2(odd), nnx.max_pool(odd, (2, 2), (2, 2)))
