@@ -239,14 +239,15 @@ def train_and_evaluate(
                 bar.update(until - step)
                 step = until
                 end_of_epoch = step % steps_per_epoch == 0
-                if end_of_epoch or step % config.log_every_steps == 0:
+                log_now = end_of_epoch or step % config.log_every_steps == 0
+                if log_now:
                     log_train()
                 if end_of_epoch:
                     result = evaluate_epoch()
                     save(result)
                 elif step % config.checkpoint_every_steps == 0:
                     save()
-                if end_of_epoch or step % config.log_every_steps == 0:
+                if log_now:
                     interval_start = (time.perf_counter(), step)
             if stop.signal is not None:
                 save()
