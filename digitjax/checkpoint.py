@@ -2,11 +2,12 @@
 
 Every step directory holds the items
   model   pure dict of the model's arrays (params and batch statistics)
+  ema     the same for the running average of the weights, in runs whose config keeps one
   opt     pure dict of the optimizer's arrays
   rng     the run's base PRNG key data
   config  the run's config, JSON
   meta    step, epoch, accuracies, versions and the device kind that wrote it, JSON
-so that a model restores from `model` and `config` alone, on any device kind.
+so that a model restores from `model` (or `ema`) and `config` alone, on any device kind.
 """
 
 from __future__ import annotations
@@ -90,12 +91,22 @@ class RunCheckpoints:
     def has(self, step: int) -> bool:
         return step in self.mngr.all_steps()
 
-    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer, rng: jax.Array, meta: dict) -> None:
+    def save(
+        self,
+        step: int,
+        model: nnx.Module,
+        optimizer: nnx.Optimizer,
+        rng: jax.Array,
+        meta: dict,
+        ema: nnx.Module | None = None,
+    ) -> None:
         """Saves asynchronously; orbax writes to a temporary directory and renames it when done."""
         metrics = {BEST_METRIC: meta[BEST_METRIC]} if meta.get(BEST_METRIC) is not None else None
+        extra = {"ema": ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(ema)))} if ema is not None else {}
         self.mngr.save(
             step,
             args=ocp.args.Composite(
+                **extra,
                 model=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model))),
                 opt=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(optimizer))),
                 rng=ocp.args.StandardSave({"key_data": jax.random.key_data(rng)}),
@@ -105,13 +116,18 @@ class RunCheckpoints:
             metrics=metrics,
         )
 
-    def restore(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer, rng: jax.Array) -> tuple[jax.Array, dict]:
-        """Restores `step` into model and optimizer in place; returns the RNG key and meta."""
+    def restore(
+        self, step: int, model: nnx.Module, optimizer: nnx.Optimizer, rng: jax.Array, ema: nnx.Module | None = None
+    ) -> tuple[jax.Array, dict]:
+        """Restores `step` into model, optimizer (and ema) in place; returns the RNG key and meta."""
         model_state, opt_state = nnx.state(model), nnx.state(optimizer)
         key_data = jax.random.key_data(rng)
+        ema_state = nnx.state(ema) if ema is not None else None
+        extra = {"ema": ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(ema_state)))} if ema is not None else {}
         restored = self.mngr.restore(
             step,
             args=ocp.args.Composite(
+                **extra,
                 model=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(model_state))),
                 opt=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(opt_state))),
                 rng=ocp.args.StandardRestore({"key_data": _abstract(key_data)}),
@@ -122,6 +138,9 @@ class RunCheckpoints:
         nnx.replace_by_pure_dict(opt_state, restored["opt"])
         nnx.update(model, model_state)
         nnx.update(optimizer, opt_state)
+        if ema is not None:
+            nnx.replace_by_pure_dict(ema_state, restored["ema"])
+            nnx.update(ema, ema_state)
         key = jax.random.wrap_key_data(restored["rng"]["key_data"], impl=jax.random.key_impl(rng))
         return key, restored["meta"]
 
@@ -180,10 +199,12 @@ def load_for_inference(workdir: str | Path, step: int | None = None, device: jax
         graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: model_lib.create(config.model, seed=0)))
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         target = _abstract(nnx.to_pure_dict(abstract_state), sharding)
-        restored = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
+        # Runs that average their weights evaluate and serve the average.
+        item = "ema" if config.get("ema_decay") else "model"
+        restored = mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)}))
     finally:
         mngr.close()
-    nnx.replace_by_pure_dict(abstract_state, restored["model"])
+    nnx.replace_by_pure_dict(abstract_state, restored[item])
     model = nnx.merge(graphdef, abstract_state)
     model.eval()
     return Restored(model, config, step, meta)

@@ -19,13 +19,20 @@ import numpy as np
 import optax
 from flax import nnx
 
+from digitjax import augment
 from digitjax import model as model_lib
 from digitjax.model import NUM_CLASSES
 
 
-@nnx.jit
-def eval_step(model: nnx.Module, images_BxHxW: jax.Array, labels_B: jax.Array, mask_B: jax.Array):
-    logits_BxC = model(model_lib.to_input(images_BxHxW))
+@nnx.jit(static_argnames="tta")
+def eval_step(model: nnx.Module, images_BxHxW: jax.Array, labels_B: jax.Array, mask_B: jax.Array, tta: bool = False):
+    """tta: average the probabilities over the image and its 1-pixel shifts (augment.TEST_SHIFTS)."""
+    x_BxHxWx1 = model_lib.to_input(images_BxHxW)
+    if tta:
+        probs_VxBxC = jnp.stack([jax.nn.softmax(model(augment.shifted(x_BxHxWx1, *s))) for s in augment.TEST_SHIFTS])
+        logits_BxC = jnp.log(probs_VxBxC.mean(0))  # log-probabilities: softmax gives the average back
+    else:
+        logits_BxC = model(x_BxHxWx1)
     losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
     correct_B = jnp.argmax(logits_BxC, -1) == labels_B
     return jnp.sum(losses_B * mask_B), jnp.sum(correct_B * mask_B), logits_BxC
@@ -44,12 +51,12 @@ def batches(images_NxHxW: np.ndarray, labels_N: np.ndarray, batch_size: int):
     ]
 
 
-def evaluate_arrays(model: nnx.Module, device_batches: list, n: int) -> dict:
+def evaluate_arrays(model: nnx.Module, device_batches: list, n: int, tta: bool = False) -> dict:
     """Loss, accuracy and logits over every example of `device_batches` (no remainder dropped)."""
     model.eval()
     loss, correct, logits = jnp.zeros(()), jnp.zeros((), jnp.int32), []
     for images, labels, mask in device_batches:
-        batch_loss, batch_correct, batch_logits = eval_step(model, images, labels, mask)
+        batch_loss, batch_correct, batch_logits = eval_step(model, images, labels, mask, tta)
         loss, correct = loss + batch_loss, correct + batch_correct
         logits.append(batch_logits)
     logits_NxC = np.asarray(jnp.concatenate(logits)[:n])
@@ -73,9 +80,9 @@ def report(workdir: Path, step: int | None, data_dir: str | None, mnist_dir: str
 
     restored = checkpoint.load_for_inference(workdir, step)
     test = data.load("test", data_dir, mnist_dir)
-    result = evaluate_arrays(
-        restored.model, batches(test.images_NxHxW, test.labels_N, restored.config.eval_batch_size), len(test.labels_N)
-    )
+    config = restored.config
+    device_batches = batches(test.images_NxHxW, test.labels_N, config.eval_batch_size)
+    result = evaluate_arrays(restored.model, device_batches, len(test.labels_N), bool(config.get("test_time_shifts")))
     predictions_N = result["logits_NxC"].argmax(-1)
     counts_CxC = confusion_matrix(test.labels_N, predictions_N)
     summary = {

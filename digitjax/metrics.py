@@ -18,6 +18,15 @@ def read(workdir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+TARGETS = (0.99, 0.995)  # the test accuracies whose time-to is reported
+
+
+def time_to(records: list[dict], target: float) -> float | None:
+    """Training seconds at the first test evaluation at or above `target`; None if never reached."""
+    hits = [r["train_seconds"] for r in records if r["split"] == "test" and r["accuracy"] >= target]
+    return min(hits) if hits else None
+
+
 class MetricWriter:
     """Appends one JSON object per record; mirrors numbers to TensorBoard."""
 

@@ -26,7 +26,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from digitjax import checkpoint, data, evaluate
+from digitjax import augment, checkpoint, data, evaluate
 from digitjax import metrics as metrics_lib
 from digitjax import model as model_lib
 from digitjax.errors import UserError, exit_on_user_error
@@ -63,48 +63,90 @@ def _step(
     model: nnx.Module,
     optimizer: nnx.Optimizer,
     metrics: nnx.MultiMetric,
+    ema: nnx.Module | None,
     images_NxHxW: jax.Array,
     labels_N: jax.Array,
     order_SxB: jax.Array,
     index: jax.Array,
     dropout_key: jax.Array,
+    aug: augment.Augment | None = None,
+    ema_decay: float = 0.0,
 ) -> None:
     """One optimizer step on batch `index` of the epoch's order; data never leaves the device."""
     batch_B = order_SxB[index]
     labels_B = labels_N[batch_B]
-    # Dropout depends only on the run's key and the step, so a resumed run draws the same masks.
+    # Dropout and augmentation depend only on the run's key and the step, so a resumed run
+    # draws the same masks and maps.
     step_key = jax.random.fold_in(dropout_key, optimizer.step[...])
+    x_BxHxWx1 = model_lib.to_input(images_NxHxW[batch_B])
+    if aug is not None:
+        x_BxHxWx1 = augment.random_maps(jax.random.fold_in(step_key, AUGMENT_STREAM), aug, x_BxHxWx1)
 
     def loss_fn(model):
-        logits_BxC = model(model_lib.to_input(images_NxHxW[batch_B]), rngs=nnx.Rngs(dropout=step_key))
+        logits_BxC = model(x_BxHxWx1, rngs=nnx.Rngs(dropout=step_key))
         return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B).mean(), logits_BxC
 
     (loss, logits_BxC), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
     metrics.update(loss=loss, logits=logits_BxC, labels=labels_B)
+    if ema is not None:
+        # Short warm-up: early on the average would be mostly the random initialization.
+        t = optimizer.step[...].astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1 + t) / (10 + t))
+        average = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), nnx.state(ema), nnx.state(model))
+        nnx.update(ema, average)
 
 
-train_step = nnx.jit(_step)
+AUGMENT_STREAM = 0xA06  # folded into the step key: augmentation draws apart from dropout's
+train_step = nnx.jit(_step, static_argnames=("aug", "ema_decay"))
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def _train_steps(graphdef, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3)
+def _train_steps(
+    graphdef, aug, ema_decay, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key
+):
     def body(i, state):
-        model, optimizer, metrics = nnx.merge(graphdef, state)
-        _step(model, optimizer, metrics, images_NxHxW, labels_N, order_SxB, first_index + i, dropout_key)
-        return nnx.state((model, optimizer, metrics))
+        model, optimizer, metrics, *ema = nnx.merge(graphdef, state)
+        _step(
+            model,
+            optimizer,
+            metrics,
+            ema[0] if ema else None,
+            images_NxHxW,
+            labels_N,
+            order_SxB,
+            first_index + i,
+            dropout_key,
+            aug,
+            ema_decay,
+        )
+        return nnx.state((model, optimizer, metrics, *ema))
 
     return jax.lax.fori_loop(0, num_steps, body, state)
 
 
 def train_steps(
-    model, optimizer, metrics, images_NxHxW, labels_N, order_SxB, first_index: int, num_steps: int, dropout_key
+    model,
+    optimizer,
+    metrics,
+    images_NxHxW,
+    labels_N,
+    order_SxB,
+    first_index: int,
+    num_steps: int,
+    dropout_key,
+    ema: nnx.Module | None = None,
+    aug: augment.Augment | None = None,
+    ema_decay: float = 0.0,
 ) -> None:
     """`num_steps` steps from batch `first_index` of the epoch in one dispatch: no host work between
     them, the state's buffers donated and updated in place."""
-    graphdef, state = nnx.split((model, optimizer, metrics))
-    state = _train_steps(graphdef, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key)
-    nnx.update((model, optimizer, metrics), state)
+    modules = (model, optimizer, metrics) + ((ema,) if ema is not None else ())
+    graphdef, state = nnx.split(modules)
+    state = _train_steps(
+        graphdef, aug, ema_decay, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key
+    )
+    nnx.update(modules, state)
 
 
 @jax.jit
@@ -168,11 +210,20 @@ def train_and_evaluate(
     model = model_lib.create(config.model, config.seed)
     tx, schedule = make_optimizer(config, total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    # The evaluated (and served) model: an average of the weights when the config keeps one.
+    ema = None
+    if config.get("ema_decay"):
+        ema = nnx.clone(model)
+        nnx.update(ema, jax.tree.map(jnp.copy, nnx.state(ema)))  # own buffers: both are donated
+    aug = augment.Augment.from_config(config)
+    tta = bool(config.get("test_time_shifts"))
     rng = jax.random.key(config.seed)
     ckpts = checkpoint.RunCheckpoints(workdir, config)
     step = ckpts.latest_step() or 0
+    train_s = 0.0  # training wall time: compiling, evaluating and saving excluded
     if step:
-        rng, _ = ckpts.restore(step, model, optimizer, rng)
+        rng, saved_meta = ckpts.restore(step, model, optimizer, rng, ema)
+        train_s = saved_meta.get("train_seconds", 0.0)
         print(f"Resuming {workdir} from step {step}.", file=sys.stderr)
     data_key, dropout_key = jax.random.split(rng)
     writer = metrics_lib.MetricWriter(workdir, resume_step=step)
@@ -194,11 +245,11 @@ def train_and_evaluate(
         )
 
     def evaluate_epoch() -> dict:
-        result = {"step": step, "epoch": step // steps_per_epoch}
+        result = {"step": step, "epoch": step // steps_per_epoch, "train_seconds": train_s}
         for name, batches in eval_batches.items():
-            ev = evaluate.evaluate_arrays(model, batches, len(evaluated[name].labels_N))
+            ev = evaluate.evaluate_arrays(ema or model, batches, len(evaluated[name].labels_N), tta)
             result |= {f"{name}_accuracy": ev["accuracy"], f"{name}_loss": ev["loss"]}
-            writer.write(step, name, {"accuracy": ev["accuracy"], "loss": ev["loss"]})
+            writer.write(step, name, {"accuracy": ev["accuracy"], "loss": ev["loss"], "train_seconds": train_s})
             if name == "test":
                 predictions = evaluate.predictions_string(ev["logits_NxC"])
         model.train()
@@ -212,10 +263,12 @@ def train_and_evaluate(
             return
         if not bool(all_finite(nnx.state(model))):
             raise _diverged(f"The parameters became NaN or infinite before step {step}", workdir)
-        ckpts.save(step, model, optimizer, rng, {**meta, "epoch": step / steps_per_epoch, **(extra or {})})
+        meta_now = {**meta, "epoch": step / steps_per_epoch, "train_seconds": train_s}
+        ckpts.save(step, model, optimizer, rng, meta_now | (extra or {}), ema)
 
     result: dict = {}
     order_SxB = None
+    compile_s = None
     model.train()
     try:
         with StopRequest() as stop:
@@ -225,6 +278,7 @@ def train_and_evaluate(
                 # Up to the next log, checkpoint or epoch end, in one dispatch.
                 periods = (config.log_every_steps, config.checkpoint_every_steps, steps_per_epoch)
                 until = min([step + p - step % p for p in periods] + [total_steps, step + config.steps_per_dispatch])
+                dispatched = time.perf_counter()
                 train_steps(
                     model,
                     optimizer,
@@ -235,21 +289,36 @@ def train_and_evaluate(
                     step % steps_per_epoch,
                     until - step,
                     dropout_key,
+                    ema,
+                    aug,
+                    config.get("ema_decay", 0.0),
                 )
+                if compile_s is None:  # the first call returns once compiled; the steps run on
+                    compile_s = time.perf_counter() - dispatched
+                    running_since = time.perf_counter()
                 bar.update(until - step)
                 step = until
                 end_of_epoch = step % steps_per_epoch == 0
                 log_now = end_of_epoch or step % config.log_every_steps == 0
+                save_now = end_of_epoch or step % config.checkpoint_every_steps == 0
+                if log_now or save_now:  # a sync point anyway: stop the training clock here
+                    jax.block_until_ready(nnx.state(optimizer))
+                    train_s += time.perf_counter() - running_since
                 if log_now:
                     log_train()
                 if end_of_epoch:
                     result = evaluate_epoch()
                     save(result)
-                elif step % config.checkpoint_every_steps == 0:
+                elif save_now:
                     save()
                 if log_now:
                     interval_start = (time.perf_counter(), step)
+                if log_now or save_now:
+                    running_since = time.perf_counter()
             if stop.signal is not None:
+                if compile_s is not None:
+                    jax.block_until_ready(nnx.state(optimizer))
+                    train_s += time.perf_counter() - running_since
                 save()
                 bar.write(
                     f"Stopped by signal {stop.signal} at step {step}: checkpoint saved in {workdir}; "
@@ -257,6 +326,8 @@ def train_and_evaluate(
                     file=sys.stderr,
                 )
                 result["stopped_by"] = stop.signal
+            if "step" in result:
+                result["compile_seconds"] = compile_s
     finally:
         bar.close()
         writer.close()
@@ -316,7 +387,11 @@ def main(argv) -> None:
         sys.exit(130 if result["stopped_by"] == signal.SIGINT else 0)
     if result:
         seconds = time.perf_counter() - started
-        print(f"{workdir}: step {result['step']}, test accuracy {result['test_accuracy']:.4%} ({seconds:.0f} s)")
+        print(
+            f"{workdir}: step {result['step']}, test accuracy {result['test_accuracy']:.4%} "
+            f"(training {result['train_seconds']:.1f} s, compiling {result['compile_seconds'] or 0:.1f} s, "
+            f"whole command {seconds:.0f} s)"
+        )
     else:
         print(
             f"{workdir} has already finished its {_CONFIG.value.num_epochs} epochs; "

@@ -23,6 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.0  # only used by adamw
     c.validation_size = 5000  # training images held out to pick the best checkpoint; 0 for none
     c.train_size = 0  # train on only the first N of the remaining images (quick runs); 0 for all
+    c.augment_rotate_deg = 0.0  # random rotation of each training image, +- degrees; 0 for none
+    c.augment_scale = 0.0  # random zoom, +- this fraction
+    c.augment_shift_px = 0.0  # random translation, +- pixels in each direction
+    c.augment_elastic_px = 0.0  # random smooth elastic displacement, up to +- pixels
+    c.ema_decay = 0.0  # evaluate, checkpoint and serve an average of the weights (e.g. 0.999); 0 for none
+    c.test_time_shifts = False  # evaluate on the mean of the image and its four 1-pixel shifts
     c.eval_batch_size = 1000  # images per evaluation batch; the last one is padded, never dropped
     c.steps_per_dispatch = 25  # optimizer steps per jitted call; signals are noticed between calls
     c.log_every_steps = 100  # steps between training-metric records (the only host syncs)

@@ -1,9 +1,11 @@
-"""Least time to 99% test accuracy: the `fast` CNN on all 60,000 images, 3 epochs.
+"""Least time to 99% test accuracy on a CPU: the `small` CNN, all 60,000 images, 2 epochs,
+one dispatch per epoch, test-time shifts.
 
     python -m digitjax.train --config experiments/fast.py
+    python -m experiments.seeds --config experiments/fast.py --seeds 5
 
-Expected: 99.16% test accuracy (98.55%, 98.91%, 99.16% after epochs 1-3), seed 0; 119 s of
-wall time for the whole command on the 2-core CPU machine.
+Expected on the 2-core CPU machine, 5 seeds: 99.11% +- 0.08% test accuracy (min 99.01%) after
+15.0 s of training (14.1-16.1 s; compiling ~1.7 s and evaluating excluded); seed 0: 99.12%.
 """
 
 from experiments import default
@@ -11,6 +13,13 @@ from experiments import default
 
 def get_config():
     c = default.get_config()
-    c.num_epochs = 3
+    c.model = "small"
+    c.num_epochs = 2
+    c.learning_rate = 1e-2
     c.validation_size = 0
+    # An epoch per dispatch: logs and checkpoints only at epoch ends, the loop's only syncs.
+    c.steps_per_dispatch = 10_000
+    c.log_every_steps = 10_000
+    c.checkpoint_every_steps = 10_000
+    c.test_time_shifts = True
     return c

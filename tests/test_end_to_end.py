@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from digitjax import checkpoint, data
@@ -195,3 +196,38 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, run_cli):
     from flax import nnx
 
     assert all(bool(jax.numpy.isfinite(x).all()) for x in jax.tree.leaves(nnx.state(restored.model)))
+
+
+AVERAGED = (
+    "--config.ema_decay=0.9",
+    "--config.augment_rotate_deg=10",
+    "--config.augment_shift_px=2",
+    "--config.test_time_shifts=True",
+)
+
+
+def test_augmented_averaged_run_resumes_and_serves_its_average(tmp_path, tfds_dir, mnist_dir, run_cli):
+    """With augmentation, a weight average and test-time shifts: killed, resumed, and the restored
+    model (the average) evaluates to exactly what training reported."""
+    workdir = tmp_path / "averaged"
+    proc = _start(workdir, tfds_dir, mnist_dir, *AVERAGED)
+    _wait_for_checkpoint(proc, workdir)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = _start(workdir, tfds_dir, mnist_dir, *AVERAGED)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "Resuming" in err and re.search(r"training [\d.]+ s, compiling [\d.]+ s", out)
+    tests = [r for r in metrics_lib.read(workdir) if r["split"] == "test"]
+    assert 0 < tests[0]["train_seconds"] < tests[1]["train_seconds"]
+    result = json.loads(run_cli("digitjax.evaluate", "--workdir", str(workdir), "--json", "--step", "64").stdout)
+    assert result["test_accuracy"] == tests[1]["accuracy"]
+    assert result["labels_changed_since_training"] == 0
+    served = checkpoint.load_for_inference(workdir, step=64).model
+    mngr = checkpoint._open_read_only(workdir)
+    restore = checkpoint.ocp.args.StandardRestore
+    items = mngr.restore(64, args=checkpoint.ocp.args.Composite(model=restore(), ema=restore()))
+    mngr.close()
+    kernel = np.asarray(served.dense2.kernel[...])
+    np.testing.assert_array_equal(kernel, items["ema"]["dense2"]["kernel"])
+    assert not np.allclose(kernel, items["model"]["dense2"]["kernel"])

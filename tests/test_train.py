@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from digitjax import data, train
+from digitjax import augment, data, train
 from digitjax import model as model_lib
 from digitjax.errors import UserError
-from experiments import default, fast, seed, smoke
+from experiments import best, default, fast, seed, smoke
 
 
-@pytest.mark.parametrize("module", [default, fast, seed, smoke])
+@pytest.mark.parametrize("module", [default, fast, seed, smoke, best])
 def test_configs_build_an_optimizer(module):
     config = module.get_config()
     tx, schedule = train.make_optimizer(config, total_steps=100)
@@ -47,7 +47,7 @@ def test_train_step_learns_a_fixed_batch(test_split):
     model.train()
     losses = []
     for i in range(40):
-        train.train_step(model, optimizer, metrics, images, labels, order, i % 2, jax.random.key(0))
+        train.train_step(model, optimizer, metrics, None, images, labels, order, i % 2, jax.random.key(0))
         if i % 10 == 9:
             losses.append(float(metrics.compute()["loss"]))
             metrics.reset()
@@ -65,28 +65,37 @@ def test_epoch_order_covers_the_split_once():
     assert sorted(order.ravel().tolist()) == list(range(1024))
 
 
-def test_many_steps_per_dispatch_equal_single_steps(test_split):
+@pytest.mark.parametrize("recipe", ["plain", "augmented with an average"])
+def test_many_steps_per_dispatch_equal_single_steps(test_split, recipe):
     """The trainer's chunked loop is the same algorithm as stepping one batch at a time."""
     config = smoke.get_config()
+    aug, ema_decay = (augment.Augment(10, 0.1, 2, 1), 0.9) if recipe != "plain" else (None, 0.0)
     images, labels = jax.device_put((test_split.images_NxHxW[:256], test_split.labels_N[:256]))
     order = data.epoch_order(jax.random.key(0), 0, 256, 32)
     runs = []
     for chunked in (False, True):
         model = model_lib.create("seed", seed=0)
+        ema = nnx.clone(model) if ema_decay else None
+        if ema is not None:
+            nnx.update(ema, jax.tree.map(jnp.copy, nnx.state(ema)))
         optimizer = nnx.Optimizer(model, train.make_optimizer(config, 8)[0], wrt=nnx.Param)
         metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
         model.train()
+        key = jax.random.key(1)
         if chunked:
-            train.train_steps(model, optimizer, metrics, images, labels, order, 0, 3, jax.random.key(1))
-            train.train_steps(model, optimizer, metrics, images, labels, order, 3, 5, jax.random.key(1))
+            train.train_steps(model, optimizer, metrics, images, labels, order, 0, 3, key, ema, aug, ema_decay)
+            train.train_steps(model, optimizer, metrics, images, labels, order, 3, 5, key, ema, aug, ema_decay)
         else:
             for i in range(8):
-                train.train_step(model, optimizer, metrics, images, labels, order, i, jax.random.key(1))
-        runs.append((jax.tree.leaves(nnx.state(model, nnx.Param)), float(metrics.compute()["loss"])))
+                train.train_step(model, optimizer, metrics, ema, images, labels, order, i, key, aug, ema_decay)
+        averaged = jax.tree.leaves(nnx.state(ema, nnx.Param)) if ema is not None else []
+        runs.append((jax.tree.leaves(nnx.state(model, nnx.Param)), averaged, float(metrics.compute()["loss"])))
     assert int(optimizer.step[...]) == 8
-    for a, b in zip(runs[0][0], runs[1][0]):
+    for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert runs[0][1] == pytest.approx(runs[1][1], rel=1e-5)
+    assert runs[0][2] == pytest.approx(runs[1][2], rel=1e-5)
+    if ema_decay:  # the average trails the weights: after 8 steps it differs from them
+        assert not np.allclose(runs[1][0][0], runs[1][1][0])
 
 
 def test_bench_smoke_prints_its_figures():

@@ -1,4 +1,4 @@
-"""The seed model and recipe in PyTorch (CPU), timed like `digitjax.bench` times digitjax.
+"""The seed model and recipe in PyTorch (on its GPU when there is one), timed like `digitjax.bench` times digitjax.
 
 Optional peer (`pip install torch`); never needed by CI. Same model (conv 32 3x3, conv 64 3x3,
 max-pool 2, dropout 0.25, dense 256, dropout 0.5, dense 10), Adadelta lr 1.0 (rho 0.95,
@@ -19,6 +19,7 @@ def bench(batch_size: int = 128, steps: int = 60, n: int = 60000) -> dict:
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = nn.Sequential(
         nn.Conv2d(1, 32, 3),
         nn.ReLU(),
@@ -31,12 +32,12 @@ def bench(batch_size: int = 128, steps: int = 60, n: int = 60000) -> dict:
         nn.ReLU(),
         nn.Dropout(0.5),
         nn.Linear(256, 10),
-    )
+    ).to(device)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=0.95, eps=1e-7)
     rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.integers(0, 256, (n, 1, 28, 28), np.uint8))
-    labels = torch.from_numpy(rng.integers(0, 10, n).astype(np.int64))
-    order = torch.randperm(n)
+    images = torch.from_numpy(rng.integers(0, 256, (n, 1, 28, 28), np.uint8)).to(device)
+    labels = torch.from_numpy(rng.integers(0, 10, n).astype(np.int64)).to(device)
+    order = torch.randperm(n, device=device)
 
     def step(i):
         idx = order[(i * batch_size) % (n - batch_size) :][:batch_size]
@@ -47,12 +48,18 @@ def bench(batch_size: int = 128, steps: int = 60, n: int = 60000) -> dict:
         optimizer.step()
         return loss
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     model.train()
     for i in range(3):
         step(i)
+    sync()
     start = time.perf_counter()
     for i in range(steps):
         step(i)
+    sync()
     seconds = time.perf_counter() - start
     images_per_s = steps * batch_size / seconds
     return {
@@ -63,6 +70,7 @@ def bench(batch_size: int = 128, steps: int = 60, n: int = 60000) -> dict:
         "seconds_per_epoch": 60000 / images_per_s,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device_kind": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
     }
 
 

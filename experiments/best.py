@@ -1,0 +1,27 @@
+"""Highest accuracy: the `deep` CNN, 30 epochs of augmented digits (rotation, zoom, shift,
+elastic), an average of the weights, test-time shifts.
+
+    python -m experiments.seeds --config experiments/best.py --seeds 5      # on a GPU
+    python -m digitjax.train --config experiments/best.py                   # one seed
+
+Expected, 5 seeds on one H100: 99.71% +- 0.04% test accuracy (99.65-99.75%), 20 s of training
+each (99.0% after ~2.2 s, 99.5% after ~4.3 s). On the 2-core CPU an epoch takes minutes.
+"""
+
+from experiments import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model = "deep"
+    c.num_epochs = 30
+    c.validation_size = 0
+    c.augment_rotate_deg = 10.0
+    c.augment_scale = 0.1
+    c.augment_shift_px = 2.0
+    c.augment_elastic_px = 1.0
+    c.ema_decay = 0.999
+    c.test_time_shifts = True
+    c.log_every_steps = 468  # an epoch
+    c.checkpoint_every_steps = 4680
+    return c

@@ -1,0 +1,61 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from digitjax import augment, evaluate
+from digitjax import model as model_lib
+
+
+@pytest.fixture(scope="module")
+def digits_Bx28x28x1(test_split):
+    return model_lib.to_input(jnp.asarray(test_split.images_NxHxW[:16]))
+
+
+def test_zero_ranges_are_the_identity(digits_Bx28x28x1):
+    out = augment.random_maps(jax.random.key(0), augment.Augment(), digits_Bx28x28x1)
+    np.testing.assert_array_equal(out, digits_Bx28x28x1)
+
+
+def test_shifted_moves_ink_and_fills_zeros():
+    x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    down_left = augment.shifted(x, 1, -1)[0, ..., 0]
+    np.testing.assert_array_equal(down_left[0], 0)  # the top row came from outside
+    np.testing.assert_array_equal(down_left[:, -1], 0)
+    np.testing.assert_array_equal(down_left[1:, :-1], x[0, :-1, 1:, 0])
+
+
+def test_maps_are_small_per_image_and_keep_the_digit(digits_Bx28x28x1):
+    aug = augment.Augment(rotate_deg=10, scale=0.1, shift_px=2, elastic_px=1)
+    a = augment.random_maps(jax.random.key(1), aug, digits_Bx28x28x1)
+    b = augment.random_maps(jax.random.key(1), aug, digits_Bx28x28x1)
+    c = augment.random_maps(jax.random.key(2), aug, digits_Bx28x28x1)
+    np.testing.assert_array_equal(a, b)  # a function of the key alone: resumed runs see the same images
+    assert not np.allclose(a, c)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    ink_before, ink_after = digits_Bx28x28x1.sum((1, 2, 3)), a.sum((1, 2, 3))
+    assert np.all(np.abs(ink_after / ink_before - 1) < 0.35), ink_after / ink_before  # scale^2 and edges
+    # Every image moved differently: per-image differences to the original are not all the same.
+    moved = np.abs(np.asarray(a - digits_Bx28x28x1)).sum((1, 2, 3))
+    assert moved.min() > 0 and moved.std() > 0
+
+
+def test_from_config_is_none_without_augmentation():
+    from experiments import best, default
+
+    assert augment.Augment.from_config(default.get_config()) is None
+    assert augment.Augment.from_config(best.get_config()) == augment.Augment(10.0, 0.1, 2.0, 1.0)
+
+
+def test_test_time_shifts_average_the_five_views(test_split):
+    model = model_lib.create("fast", seed=0)
+    model.eval()
+    images, labels = jnp.asarray(test_split.images_NxHxW[:8]), jnp.asarray(test_split.labels_N[:8])
+    mask = jnp.ones(8, bool)
+    _, _, logits_BxC = evaluate.eval_step(model, images, labels, mask, tta=True)
+    x = model_lib.to_input(images)
+    expected = jnp.mean(jnp.stack([nnx.softmax(model(augment.shifted(x, *s))) for s in augment.TEST_SHIFTS]), 0)
+    np.testing.assert_allclose(jnp.exp(logits_BxC), expected, rtol=1e-5, atol=1e-6)
+    _, _, plain_BxC = evaluate.eval_step(model, images, labels, mask)
+    assert not np.allclose(nnx.softmax(plain_BxC), expected)
