@@ -36,7 +36,7 @@ def matmul_peak_gflops(n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def _load_config(path: str):
+def load_config(path: str):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_config", path)
@@ -45,9 +45,10 @@ def _load_config(path: str):
     return module.get_config()
 
 
-def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
-    """baseline: the plain Flax NNX way digitjax started from, for comparison: XLA's own
-    convolutions and one `nnx.jit` dispatch per step."""
+def synthetic_run(config, n: int = 60000, baseline: bool = False):
+    """Random uint8 images and labels of MNIST's shape on the device, the epoch's batch order, and a
+    fresh model, optimizer and metrics of `config`: what `train.train_steps` takes.
+    baseline: the model with XLA's own convolutions instead of `model.Conv`."""
     rng = np.random.default_rng(0)
     images, labels = jax.device_put((rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.int32)))
     steps_per_epoch = n // config.batch_size
@@ -62,8 +63,15 @@ def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
     order = jnp.arange(steps_per_epoch * config.batch_size).reshape(steps_per_epoch, config.batch_size)
-    key = jax.random.key(0)
     model.train()
+    return model, optimizer, metrics, images, labels, order
+
+
+def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
+    """baseline: the plain Flax NNX way digitjax started from, for comparison: XLA's own
+    convolutions and one `nnx.jit` dispatch per step."""
+    model, optimizer, metrics, images, labels, order = synthetic_run(config, n, baseline)
+    key = jax.random.key(0)
 
     def run(first, count):
         if baseline:
@@ -157,7 +165,7 @@ def main() -> None:
         help="also train the recipe on MNIST: time to 99.0%% and 99.5%% test accuracy",
     )
     args = parser.parse_args()
-    config = _load_config(args.config)
+    config = load_config(args.config)
     steps = 4 if args.smoke else args.steps
     results = [bench(config, steps, baseline=True)] if args.baseline else []
     results.append(bench(config, steps))

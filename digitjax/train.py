@@ -149,6 +149,13 @@ def train_steps(
     nnx.update(modules, state)
 
 
+def weight_average(model: nnx.Module) -> nnx.Module:
+    """A copy of `model` for `_step` to average the weights into; its own buffers, since both are donated."""
+    average = nnx.clone(model)
+    nnx.update(average, jax.tree.map(jnp.copy, nnx.state(average)))
+    return average
+
+
 @jax.jit
 def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -211,10 +218,8 @@ def train_and_evaluate(
     tx, schedule = make_optimizer(config, total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     # The evaluated (and served) model: an average of the weights when the config keeps one.
-    ema = None
-    if config.get("ema_decay"):
-        ema = nnx.clone(model)
-        nnx.update(ema, jax.tree.map(jnp.copy, nnx.state(ema)))  # own buffers: both are donated
+    ema_decay = config.get("ema_decay", 0.0)
+    ema = weight_average(model) if ema_decay else None
     aug = augment.Augment.from_config(config)
     tta = bool(config.get("test_time_shifts"))
     rng = jax.random.key(config.seed)
@@ -266,9 +271,15 @@ def train_and_evaluate(
         meta_now = {**meta, "epoch": step / steps_per_epoch, "train_seconds": train_s}
         ckpts.save(step, model, optimizer, rng, meta_now | (extra or {}), ema)
 
+    def stop_clock() -> None:
+        """Waits for the dispatched steps and adds their time to train_s."""
+        nonlocal train_s
+        jax.block_until_ready(nnx.state(optimizer))
+        train_s += time.perf_counter() - running_since
+
     result: dict = {}
     order_SxB = None
-    compile_s = None
+    compile_s = running_since = None
     model.train()
     try:
         with StopRequest() as stop:
@@ -291,7 +302,7 @@ def train_and_evaluate(
                     dropout_key,
                     ema,
                     aug,
-                    config.get("ema_decay", 0.0),
+                    ema_decay,
                 )
                 if compile_s is None:  # the first call returns once compiled; the steps run on
                     compile_s = time.perf_counter() - dispatched
@@ -302,8 +313,7 @@ def train_and_evaluate(
                 log_now = end_of_epoch or step % config.log_every_steps == 0
                 save_now = end_of_epoch or step % config.checkpoint_every_steps == 0
                 if log_now or save_now:  # a sync point anyway: stop the training clock here
-                    jax.block_until_ready(nnx.state(optimizer))
-                    train_s += time.perf_counter() - running_since
+                    stop_clock()
                 if log_now:
                     log_train()
                 if end_of_epoch:
@@ -317,8 +327,7 @@ def train_and_evaluate(
                     running_since = time.perf_counter()
             if stop.signal is not None:
                 if compile_s is not None:
-                    jax.block_until_ready(nnx.state(optimizer))
-                    train_s += time.perf_counter() - running_since
+                    stop_clock()
                 save()
                 bar.write(
                     f"Stopped by signal {stop.signal} at step {step}: checkpoint saved in {workdir}; "

@@ -16,12 +16,9 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from digitjax import bench, train
-from digitjax import model as model_lib
 
 
 def device_events(trace: dict) -> list[dict]:
@@ -50,17 +47,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", default="/tmp/digitjax-profile")
     args = parser.parse_args()
-    config = bench._load_config(args.config)
-    n = 60000
-    rng = np.random.default_rng(0)
-    images, labels = jax.device_put((rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.int32)))
-    steps_per_epoch = n // config.batch_size
-    model = model_lib.create(config.model, config.seed)
-    tx, _ = train.make_optimizer(config, steps_per_epoch * config.num_epochs)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
-    order = jnp.arange(steps_per_epoch * config.batch_size).reshape(steps_per_epoch, config.batch_size)
-    model.train()
+    config = bench.load_config(args.config)
+    model, optimizer, metrics, images, labels, order = bench.synthetic_run(config)
 
     def run():
         train.train_steps(model, optimizer, metrics, images, labels, order, 0, args.steps, jax.random.key(0))

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="config overrides (Python)")
     args = parser.parse_args()
     logging.set_verbosity(logging.ERROR)
-    config = bench._load_config(args.config)
+    config = bench.load_config(args.config)
     for item in args.set:
         field, value = item.split("=", 1)
         config[field] = type(config[field])(eval(value))

@@ -75,9 +75,7 @@ def test_many_steps_per_dispatch_equal_single_steps(test_split, recipe):
     runs = []
     for chunked in (False, True):
         model = model_lib.create("seed", seed=0)
-        ema = nnx.clone(model) if ema_decay else None
-        if ema is not None:
-            nnx.update(ema, jax.tree.map(jnp.copy, nnx.state(ema)))
+        ema = train.weight_average(model) if ema_decay else None
         optimizer = nnx.Optimizer(model, train.make_optimizer(config, 8)[0], wrt=nnx.Param)
         metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
         model.train()
