@@ -8,11 +8,23 @@ Every step directory holds the items
   config  the run's config, JSON
   meta    step, epoch, accuracies, versions and the device kind that wrote it, JSON
 so that a model restores from `model` (or `ema`) and `config` alone, on any device kind.
+
+Each step also holds `digitjax_manifest.json`, the size and sha256 of every file of its items,
+written into Orbax's temporary directory before the rename that commits the step. A step whose
+files no longer match it (truncated, deleted, changed) is damaged: training moves it aside and
+resumes from the newest intact step, inference skips it, and both say so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +41,99 @@ from digitjax.errors import UserError
 # checkpoint differs in one of them belongs to another run and is never resumed or touched.
 STRUCTURAL_FIELDS = ("model", "optimizer", "batch_size", "seed", "validation_size")
 BEST_METRIC = "val_accuracy"
+MANIFEST = "digitjax_manifest.json"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being written
+ITEMS = ("model", "ema", "opt", "rng", "config", "meta")
+
+
+def _file_digests(step_dir: Path) -> dict[str, list]:
+    """relative path -> [size, sha256] for every file of the step's items."""
+    digests = {}
+    for item in ITEMS:
+        for path in sorted((step_dir / item).rglob("*")):
+            if path.is_file():
+                data = path.read_bytes()
+                digests[str(path.relative_to(step_dir))] = [len(data), hashlib.sha256(data).hexdigest()]
+    return digests
+
+
+def damage(step_dir: Path) -> str | None:
+    """Why the step's files do not match its manifest, or None when they all do."""
+    try:
+        manifest = json.loads((step_dir / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"it has no {MANIFEST} (an interrupted copy, or written by an older digitjax)"
+    except (ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} is unreadable"
+    for name, (size, sha256) in manifest.items():
+        path = step_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        data = path.read_bytes()
+        if len(data) != size:
+            return f"{name} has {len(data):,} bytes instead of {size:,} (truncated?)"
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return f"{name} does not hold what was written (sha256 differs)"
+    return None
+
+
+def _step_dirs(root: Path) -> list[int]:
+    """Committed step numbers under `root`, newest first."""
+    return sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
+
+
+def _newest_intact(root: Path, steps: list[int]) -> tuple[int | None, dict[int, str]]:
+    """The first intact step of `steps` (newest first) and why each one before it is damaged."""
+    damaged = {}
+    for step in steps:
+        why = damage(root / str(step))
+        if why is None:
+            return step, damaged
+        damaged[step] = why
+    return None, damaged
+
+
+def is_out_of_space(e: BaseException) -> bool:
+    """ENOSPC, raised as OSError by Python or as a message by TensorStore and Orbax."""
+    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+
+
+def quiet_failed_saves() -> None:
+    """Leaves a failed save to the exception that the next save or close raises.
+
+    Orbax also logs the failure from each of its writer threads, with tracebacks, and its event
+    loops complain once closed: a screen of noise above the one message that says what to do.
+    """
+    import logging
+    import sys
+
+    class DropOrbaxErrors(logging.Filter):
+        def filter(self, record):
+            return "orbax" not in record.pathname
+
+    logging.getLogger("absl").addFilter(DropOrbaxErrors())
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            default_hook(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def out_of_space_error(workdir: Path, step: int | None = None) -> UserError:
+    root = workdir / "checkpoints"
+    kept = _step_dirs(root) if root.is_dir() else []
+    kept = (
+        f"the checkpoints saved before (steps {', '.join(map(str, sorted(kept)))}) are intact"
+        if kept
+        else "no checkpoint had been saved yet"
+    )
+    what = f"saving step {step}; that step was not saved" if step is not None else "writing the run's files"
+    return UserError(
+        f"No space left on the device while {what} in {workdir}; {kept}. "
+        f"Free some space, then run the same command to resume."
+    )
 
 
 def _abstract(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
@@ -41,7 +146,7 @@ def _abstract(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
     return jax.tree.map(leaf, tree)
 
 
-def _manager(workdir: Path, keep_latest: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(workdir: Path, keep_latest: int = 2, read_only: bool = False, on_written=None) -> ocp.CheckpointManager:
     policy = policies.AnyPreservationPolicy(
         [
             policies.LatestN(n=keep_latest),
@@ -53,6 +158,7 @@ def _manager(workdir: Path, keep_latest: int = 2, read_only: bool = False) -> oc
         preservation_policy=policy,
         create=not read_only,
         read_only=read_only,
+        async_options=ocp.AsyncOptions(post_finalization_callback=on_written) if on_written else None,
     )
     return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
 
@@ -63,27 +169,67 @@ def _read_json_items(mngr: ocp.CheckpointManager, step: int) -> tuple[dict, dict
 
 
 class RunCheckpoints:
-    """The checkpoints of one training run in `workdir/checkpoints`."""
+    """The checkpoints of one training run in `workdir/checkpoints`, which it alone may write.
+
+    `notes` says what was found wrong (damaged steps moved aside) for the trainer to print.
+    """
 
     def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
         self.workdir = Path(workdir)
         self.config = config
-        self.mngr = _manager(self.workdir, keep_latest=config.keep_latest)
-        latest = self.mngr.latest_step()
-        if latest is not None:
-            saved, _ = _read_json_items(self.mngr, latest)
-            diffs = [
-                f"{k}={saved.get(k)!r} there, {config[k]!r} here"
-                for k in STRUCTURAL_FIELDS
-                if saved.get(k) != config[k]
-            ]
-            if diffs:
-                self.mngr.close()
+        self.notes: list[str] = []
+        self._saving: int | None = None
+        self._lock = _lock(self.workdir)
+        root = self.workdir / "checkpoints"
+        found = _step_dirs(root) if root.is_dir() else []
+        intact, damaged = _newest_intact(root, found)
+        try:
+            if found and intact is None:
                 raise UserError(
-                    f"{self.workdir} holds a checkpoint of another run ({'; '.join(diffs)}). "
-                    f"Nothing was changed there. Train into a new --workdir, or delete "
-                    f"{self.workdir} to start that run over."
+                    f"Every checkpoint in {root} is damaged ({_describe(damaged)}). Nothing was changed there. "
+                    f"Train into a new --workdir, or move {self.workdir} away to start that run over."
                 )
+            if intact is not None:
+                self._check_identity(intact)
+        except UserError:
+            self._lock.close()
+            raise
+        for step, why in damaged.items():
+            moved = _move_aside(root / str(step), self.workdir / "damaged")
+            self.notes.append(
+                f"Checkpoint step {step} is damaged: {why}. Moved it to {moved}; resuming from step {intact}."
+            )
+        self._lock.truncate(0)  # only now that the workdir is known to be this run's
+        self._lock.write(f"process {os.getpid()}\n")
+        self._lock.flush()
+        for tmp in root.glob(f"*{TMP_SUFFIX}*") if root.is_dir() else ():
+            shutil.rmtree(tmp)  # a save of this run that was interrupted; never committed
+        self.mngr = _manager(self.workdir, keep_latest=config.keep_latest, on_written=self._seal)
+
+    def _check_identity(self, step: int) -> None:
+        mngr = _manager(self.workdir, read_only=True)
+        try:
+            saved, _ = _read_json_items(mngr, step)
+        finally:
+            mngr.close()
+        diffs = [
+            f"{k}={saved.get(k)!r} there, {self.config[k]!r} here"
+            for k in STRUCTURAL_FIELDS
+            if saved.get(k) != self.config[k]
+        ]
+        if diffs:
+            raise UserError(
+                f"{self.workdir} holds a checkpoint of another run ({'; '.join(diffs)}). "
+                f"Nothing was changed there. Train into a new --workdir, or delete "
+                f"{self.workdir} to start that run over."
+            )
+
+    def _seal(self) -> None:
+        """Orbax's post-finalization callback: the manifest goes in before the step is committed."""
+        tmp = self.workdir / "checkpoints" / f"{self._saving}{TMP_SUFFIX}"
+        body = json.dumps({"step": self._saving, "files": _file_digests(tmp)})
+        (tmp / f"{MANIFEST}.partial").write_text(body)
+        os.replace(tmp / f"{MANIFEST}.partial", tmp / MANIFEST)
 
     def latest_step(self) -> int | None:
         return self.mngr.latest_step()
@@ -101,9 +247,12 @@ class RunCheckpoints:
         ema: nnx.Module | None = None,
     ) -> None:
         """Saves asynchronously; orbax writes to a temporary directory and renames it when done."""
+        self._raise_failed_save(self.mngr.wait_until_finished)  # the previous save, before a new one starts
+        self._saving = step
         metrics = {BEST_METRIC: meta[BEST_METRIC]} if meta.get(BEST_METRIC) is not None else None
         extra = {"ema": ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(ema)))} if ema is not None else {}
-        self.mngr.save(
+        save = functools.partial(
+            self.mngr.save,
             step,
             args=ocp.args.Composite(
                 **extra,
@@ -115,6 +264,7 @@ class RunCheckpoints:
             ),
             metrics=metrics,
         )
+        self._raise_failed_save(save)
 
     def restore(
         self, step: int, model: nnx.Module, optimizer: nnx.Optimizer, rng: jax.Array, ema: nnx.Module | None = None
@@ -144,9 +294,54 @@ class RunCheckpoints:
         key = jax.random.wrap_key_data(restored["rng"]["key_data"], impl=jax.random.key_impl(rng))
         return key, restored["meta"]
 
+    def _raise_failed_save(self, call) -> None:
+        """Runs `call`; a save that failed for want of space becomes a UserError, its partial files removed."""
+        try:
+            call()
+        except Exception as e:
+            if not is_out_of_space(e):
+                raise
+            shutil.rmtree(self.workdir / "checkpoints" / f"{self._saving}{TMP_SUFFIX}", ignore_errors=True)
+            raise out_of_space_error(self.workdir, self._saving) from None
+
     def close(self) -> None:
-        self.mngr.wait_until_finished()
-        self.mngr.close()
+        try:
+            self._raise_failed_save(self.mngr.wait_until_finished)
+        finally:
+            self.mngr.close()
+            self._lock.close()
+
+
+def _lock(workdir: Path):
+    """An exclusive lock on the workdir for the life of the run; the OS drops it if the process dies."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    handle = open(workdir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"{workdir} is in use by {owner}, which is training there; nothing was changed. "
+            f"Wait for it to finish (or stop it), or train into another --workdir."
+        )
+    return handle
+
+
+def _move_aside(step_dir: Path, into: Path) -> Path:
+    """Moves a damaged step out of Orbax's sight, keeping its files for a person to look at."""
+    into.mkdir(exist_ok=True)
+    target, n = into / step_dir.name, 1
+    while target.exists():
+        n += 1
+        target = into / f"{step_dir.name}-{n}"
+    step_dir.rename(target)
+    return target
+
+
+def _describe(damaged: dict[int, str]) -> str:
+    return "; ".join(f"step {step}: {why}" for step, why in damaged.items())
 
 
 @dataclasses.dataclass
@@ -155,6 +350,7 @@ class Restored:
     config: ml_collections.ConfigDict
     step: int
     meta: dict
+    notes: list[str] = dataclasses.field(default_factory=list)  # damaged steps passed over, to tell the user
 
 
 def steps(workdir: str | Path) -> tuple[list[int], int | None]:
@@ -188,12 +384,34 @@ def load_for_inference(workdir: str | Path, step: int | None = None, device: jax
     """
     workdir = Path(workdir)
     mngr = _open_read_only(workdir)
+    root = workdir / "checkpoints"
+    notes = []
     try:
         if step is None:
             best = mngr.best_step()
-            step = mngr.latest_step() if best is None else best
+            step, kind = (mngr.latest_step(), "latest") if best is None else (best, "best by validation")
+            why = damage(root / str(step))
+            if why is not None:
+                damaged = {step: why}
+                step, more = _newest_intact(root, [s for s in _step_dirs(root) if s != step])
+                damaged |= more
+                if step is None:
+                    raise UserError(
+                        f"Every checkpoint in {root} is damaged ({_describe(damaged)}). Train the run again, "
+                        f"or restore its checkpoints from a copy."
+                    )
+                notes.append(
+                    f"{workdir}: not using damaged checkpoints ({_describe(damaged)}); using step {step}, "
+                    f"the newest intact one, instead of the {kind}."
+                )
         elif step not in mngr.all_steps():
             raise UserError(f"{workdir} has no checkpoint at step {step}; it has steps {list(mngr.all_steps())}.")
+        elif why := damage(root / str(step)):
+            intact = [s for s in mngr.all_steps() if damage(root / str(s)) is None]
+            raise UserError(
+                f"Checkpoint step {step} in {workdir} is damaged: {why}. Intact steps: {intact or 'none'}; "
+                f"pass one of them as the step."
+            )
         config_dict, meta = _read_json_items(mngr, step)
         config = ml_collections.ConfigDict(config_dict)
         graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: model_lib.create(config.model, seed=0)))
@@ -207,4 +425,4 @@ def load_for_inference(workdir: str | Path, step: int | None = None, device: jax
     nnx.replace_by_pure_dict(abstract_state, restored[item])
     model = nnx.merge(graphdef, abstract_state)
     model.eval()
-    return Restored(model, config, step, meta)
+    return Restored(model, config, step, meta, notes)

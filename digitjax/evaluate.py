@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -79,6 +80,8 @@ def report(workdir: Path, step: int | None, data_dir: str | None, mnist_dir: str
     from digitjax import checkpoint, data
 
     restored = checkpoint.load_for_inference(workdir, step)
+    for note in restored.notes:
+        print(note, file=sys.stderr)
     test = data.load("test", data_dir, mnist_dir)
     config = restored.config
     device_batches = batches(test.images_NxHxW, test.labels_N, config.eval_batch_size)

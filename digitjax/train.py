@@ -122,7 +122,9 @@ def _train_steps(
         )
         return nnx.state((model, optimizer, metrics, *ema))
 
-    return jax.lax.fori_loop(0, num_steps, body, state)
+    state = jax.lax.fori_loop(0, num_steps, body, state)
+    # A buffer of its own (the state is donated to the next call), ready when these steps are done.
+    return state, jnp.copy(state[1]["step"][...])
 
 
 def train_steps(
@@ -138,15 +140,17 @@ def train_steps(
     ema: nnx.Module | None = None,
     aug: augment.Augment | None = None,
     ema_decay: float = 0.0,
-) -> None:
+) -> jax.Array:
     """`num_steps` steps from batch `first_index` of the epoch in one dispatch: no host work between
-    them, the state's buffers donated and updated in place."""
+    them, the state's buffers donated and updated in place. Returns the step count after them, an
+    array that is ready once they have run."""
     modules = (model, optimizer, metrics) + ((ema,) if ema is not None else ())
     graphdef, state = nnx.split(modules)
-    state = _train_steps(
+    state, done = _train_steps(
         graphdef, aug, ema_decay, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key
     )
     nnx.update(modules, state)
+    return done
 
 
 def weight_average(model: nnx.Module) -> nnx.Module:
@@ -203,7 +207,22 @@ def _diverged(what: str, workdir: Path) -> UserError:
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: Path, data_dir: str | None = None, mnist_dir: str | None = None
 ) -> dict:
-    """Trains until `config.num_epochs`, resuming from workdir; returns the last evaluation."""
+    """Trains until `config.num_epochs`, resuming from workdir; returns the last evaluation.
+
+    SIGTERM or SIGINT at any point, loading included, ends it with a checkpoint of the current step.
+    """
+    with StopRequest() as stop:
+        try:
+            return _train_and_evaluate(config, workdir, data_dir, mnist_dir, stop)
+        except Exception as e:
+            if checkpoint.is_out_of_space(e):  # metrics, events or a checkpoint: all in the workdir
+                raise checkpoint.out_of_space_error(workdir) from None
+            raise
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: Path, data_dir: str | None, mnist_dir: str | None, stop: StopRequest
+) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     train, evaluated = _splits(config, data_dir, mnist_dir)
     eval_batches = {
@@ -224,6 +243,8 @@ def train_and_evaluate(
     tta = bool(config.get("test_time_shifts"))
     rng = jax.random.key(config.seed)
     ckpts = checkpoint.RunCheckpoints(workdir, config)
+    for note in ckpts.notes:
+        print(note, file=sys.stderr)
     step = ckpts.latest_step() or 0
     train_s = 0.0  # training wall time: compiling, evaluating and saving excluded
     if step:
@@ -278,69 +299,75 @@ def train_and_evaluate(
         train_s += time.perf_counter() - running_since
 
     result: dict = {}
-    order_SxB = None
+    order_SxB = in_flight = None
     compile_s = running_since = None
     model.train()
     try:
-        with StopRequest() as stop:
-            while step < total_steps and stop.signal is None:
-                if order_SxB is None or step % steps_per_epoch == 0:
-                    order_SxB = data.epoch_order(data_key, step // steps_per_epoch, n, batch_size)
-                # Up to the next log, checkpoint or epoch end, in one dispatch.
-                periods = (config.log_every_steps, config.checkpoint_every_steps, steps_per_epoch)
-                until = min([step + p - step % p for p in periods] + [total_steps, step + config.steps_per_dispatch])
-                dispatched = time.perf_counter()
-                train_steps(
-                    model,
-                    optimizer,
-                    train_metrics,
-                    images_NxHxW,
-                    labels_N,
-                    order_SxB,
-                    step % steps_per_epoch,
-                    until - step,
-                    dropout_key,
-                    ema,
-                    aug,
-                    ema_decay,
-                )
-                if compile_s is None:  # the first call returns once compiled; the steps run on
-                    compile_s = time.perf_counter() - dispatched
-                    running_since = time.perf_counter()
-                bar.update(until - step)
-                step = until
-                end_of_epoch = step % steps_per_epoch == 0
-                log_now = end_of_epoch or step % config.log_every_steps == 0
-                save_now = end_of_epoch or step % config.checkpoint_every_steps == 0
-                if log_now or save_now:  # a sync point anyway: stop the training clock here
-                    stop_clock()
-                if log_now:
-                    log_train()
-                if end_of_epoch:
-                    result = evaluate_epoch()
-                    save(result)
-                elif save_now:
-                    save()
-                if log_now:
-                    interval_start = (time.perf_counter(), step)
-                if log_now or save_now:
-                    running_since = time.perf_counter()
-            if stop.signal is not None:
-                if compile_s is not None:
-                    stop_clock()
+        while step < total_steps and stop.signal is None:
+            if order_SxB is None or step % steps_per_epoch == 0:
+                order_SxB = data.epoch_order(data_key, step // steps_per_epoch, n, batch_size)
+            # Up to the next log, checkpoint or epoch end, in one dispatch.
+            periods = (config.log_every_steps, config.checkpoint_every_steps, steps_per_epoch)
+            until = min([step + p - step % p for p in periods] + [total_steps, step + config.steps_per_dispatch])
+            dispatched = time.perf_counter()
+            done = train_steps(
+                model,
+                optimizer,
+                train_metrics,
+                images_NxHxW,
+                labels_N,
+                order_SxB,
+                step % steps_per_epoch,
+                until - step,
+                dropout_key,
+                ema,
+                aug,
+                ema_decay,
+            )
+            if compile_s is None:  # the first call returns once compiled; the steps run on
+                compile_s = time.perf_counter() - dispatched
+                running_since = time.perf_counter()
+            # At most one dispatch queued behind the running one: the device never waits for the
+            # host, and a stop signal waits for two dispatches at most, not for everything queued.
+            if in_flight is not None:
+                in_flight.block_until_ready()
+            in_flight = done
+            bar.update(until - step)
+            step = until
+            end_of_epoch = step % steps_per_epoch == 0
+            log_now = end_of_epoch or step % config.log_every_steps == 0
+            save_now = end_of_epoch or step % config.checkpoint_every_steps == 0
+            if log_now or save_now:  # a sync point anyway: stop the training clock here
+                stop_clock()
+            if log_now:
+                log_train()
+            if end_of_epoch:
+                result = evaluate_epoch()
+                save(result)
+            elif save_now:
                 save()
-                bar.write(
-                    f"Stopped by signal {stop.signal} at step {step}: checkpoint saved in {workdir}; "
-                    "run the same command to resume.",
-                    file=sys.stderr,
-                )
-                result["stopped_by"] = stop.signal
-            if "step" in result:
-                result["compile_seconds"] = compile_s
+            if log_now:
+                interval_start = (time.perf_counter(), step)
+            if log_now or save_now:
+                running_since = time.perf_counter()
+        if stop.signal is not None:
+            if compile_s is not None:
+                stop_clock()
+            save()
+            bar.write(
+                f"Stopped by signal {stop.signal} at step {step}: checkpoint saved in {workdir}; "
+                "run the same command to resume.",
+                file=sys.stderr,
+            )
+            result["stopped_by"] = stop.signal
+        if "step" in result:
+            result["compile_seconds"] = compile_s
     finally:
         bar.close()
-        writer.close()
-        ckpts.close()
+        try:
+            writer.close()
+        finally:
+            ckpts.close()  # also when the writer fails: it waits for the last save and unlocks the workdir
     return result
 
 
@@ -386,6 +413,7 @@ def main(argv) -> None:
         _WORKDIR.value or Path("checkpoints") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     )
     logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and WARNING
+    checkpoint.quiet_failed_saves()
     # Compiled steps persist across runs (a resumed or repeated run skips compiling).
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path("~/.cache/digitjax/xla").expanduser()))
     jax.config.update("jax_compilation_cache_dir", cache)

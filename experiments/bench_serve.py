@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -64,6 +65,29 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 120) -> 
     sys.exit("the server did not become healthy in time")
 
 
+@contextlib.contextmanager
+def gunicorn(workdir: str, workers: int = 2):
+    """`gunicorn -w WORKERS "webui:create_app()"` serving `workdir` on a free loopback port, stopped on exit.
+
+    Yields the port and the server's process.
+    """
+    port = _free_port()
+    env = {**os.environ, "DIGITJAX_WORKDIR": workdir, "DIGITJAX_CHECKPOINTS": str(Path(workdir).parent)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "webui:create_app()"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_healthy(port, server)
+        yield port, server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def canvas_png() -> bytes:
     """A '7' drawn on a white 280x280 canvas, as the page sends it."""
     from experiments.parity import paste_on_canvas
@@ -89,17 +113,7 @@ def main() -> None:
     if args.smoke:
         args.requests, args.seconds = 20, 2.0
 
-    port = _free_port()
-    env = {**os.environ, "DIGITJAX_WORKDIR": args.workdir, "DIGITJAX_CHECKPOINTS": str(Path(args.workdir).parent)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "webui:create_app()"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        _wait_healthy(port, server)
+    with gunicorn(args.workdir, args.workers) as (port, _):
         body = json.dumps({"image": base64.b64encode(canvas_png()).decode(), "saliency": True}).encode()
         for _ in range(10):  # warm both workers' connections and caches
             _post(port, body)
@@ -128,9 +142,6 @@ def main() -> None:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - started
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
     import jax
 

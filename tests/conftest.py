@@ -10,6 +10,7 @@ import pytest
 from digitjax import data
 
 ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ("--config", "experiments/smoke.py")
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,30 @@ def served_checkpoints(tfds_dir, mnist_dir, tmp_path_factory) -> Path:
     config.train_size, config.batch_size, config.num_epochs = 12800, 64, 2
     train.train_and_evaluate(config, root / "tiny", str(tfds_dir), str(mnist_dir))
     return root
+
+
+@pytest.fixture(scope="session")
+def start_training(tfds_dir, mnist_dir):
+    """Starts `python -m digitjax.train --config experiments/smoke.py` in the background, as a user would."""
+    env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir)}
+
+    def start(workdir: Path, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "digitjax.train",
+                "--config",
+                "experiments/smoke.py",
+                "--workdir",
+                str(workdir),
+                *args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start

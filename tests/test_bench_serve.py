@@ -1,4 +1,4 @@
-"""The serving benchmark's smoke mode: gunicorn serves the app over loopback without an error."""
+"""The serving benchmark and load test in smoke mode: gunicorn over loopback, no error, no mix-up."""
 
 import json
 import subprocess
@@ -20,3 +20,11 @@ def test_bench_serve_smoke_under_gunicorn(served_checkpoints):
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["errors"] == 0 and report["one_client_requests"] == 20
     assert report["concurrent_requests_per_s"] > 0 and report["model_ms_p50"] > 0
+
+
+def test_load_test_smoke_concurrent_answers_are_each_their_own(served_checkpoints, run_cli):
+    proc = run_cli("experiments.load_test", "--workdir", str(served_checkpoints / "tiny"), "--smoke", check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["check_requests"] == 200 and report["check_wrong"] == 0
+    assert report["load_errors"] == 0 and report["load_requests"] > 0 and report["p99_ms"] > 0

@@ -51,6 +51,7 @@ def browser():
         "--window-size=1100,900",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations land in the console
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     yield driver
     driver.quit()
@@ -104,6 +105,8 @@ def test_drawing_shows_the_digit(server, browser, kind, digit):
     assert seen > 100, "the 28x28 input is shown"
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / f"canvas-{kind}-{digit}.png"))
+    blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not blocked, "the page works under its own CSP"
 
 
 def test_clear_undo_and_run_selector(server, browser):

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import numpy as np
 import optax
@@ -73,3 +75,12 @@ def test_load_for_inference_errors(tmp_path):
     ckpts.close()
     with pytest.raises(UserError, match="no checkpoint at step 6"):
         checkpoint.load_for_inference(tmp_path, step=6)
+
+
+def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
+    config = smoke.get_config()
+    first = checkpoint.RunCheckpoints(tmp_path, config)
+    with pytest.raises(UserError, match=f"in use by process {os.getpid()}, which is training there"):
+        checkpoint.RunCheckpoints(tmp_path, config)
+    first.close()
+    checkpoint.RunCheckpoints(tmp_path, config).close()  # free again once the first run has ended

@@ -13,23 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitjax import checkpoint, data
+from digitjax import checkpoint
 from digitjax import metrics as metrics_lib
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ("--config", "experiments/smoke.py")
-
-
-def _start(workdir, tfds_dir, mnist_dir, *args):
-    env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "digitjax.train", *SMOKE, "--workdir", str(workdir), *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _wait_for_checkpoint(proc, workdir, timeout=240):
@@ -44,15 +32,15 @@ def _wait_for_checkpoint(proc, workdir, timeout=240):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tfds_dir, mnist_dir):
+def trained(tmp_path_factory, start_training):
     """A smoke run killed with SIGKILL after its first checkpoint, then resumed to the end."""
     workdir = tmp_path_factory.mktemp("run")
-    proc = _start(workdir, tfds_dir, mnist_dir)
+    proc = start_training(workdir)
     _wait_for_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(checkpoint.steps(workdir)[0])
-    resumed = _start(workdir, tfds_dir, mnist_dir)
+    resumed = start_training(workdir)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     return workdir, killed_at, out, err
@@ -117,18 +105,6 @@ def test_evaluate_writes_the_report(trained, run_cli):
     for name in ("report.json", "confusion.png", "mistakes.png", "curves.png"):
         assert (workdir / "report" / name).stat().st_size > 1000 or name == "report.json"
     assert json.loads((workdir / "report" / "report.json").read_text())["test_errors"] > 0
-
-
-def test_sigterm_saves_the_current_step_and_exits_0(tmp_path, tfds_dir, mnist_dir):
-    proc = _start(tmp_path, tfds_dir, mnist_dir)
-    _wait_for_checkpoint(proc, tmp_path)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
-    stopped_at = int(re.search(r"Stopped by signal 15 at step (\d+)", err).group(1))
-    assert stopped_at in checkpoint.steps(tmp_path)[0]
-    assert stopped_at == max(checkpoint.steps(tmp_path)[0])
 
 
 def _assert_clean_error(proc, *phrases):
@@ -206,15 +182,15 @@ AVERAGED = (
 )
 
 
-def test_augmented_averaged_run_resumes_and_serves_its_average(tmp_path, tfds_dir, mnist_dir, run_cli):
+def test_augmented_averaged_run_resumes_and_serves_its_average(tmp_path, start_training, run_cli):
     """With augmentation, a weight average and test-time shifts: killed, resumed, and the restored
     model (the average) evaluates to exactly what training reported."""
     workdir = tmp_path / "averaged"
-    proc = _start(workdir, tfds_dir, mnist_dir, *AVERAGED)
+    proc = start_training(workdir, *AVERAGED)
     _wait_for_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = _start(workdir, tfds_dir, mnist_dir, *AVERAGED)
+    resumed = start_training(workdir, *AVERAGED)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     assert "Resuming" in err and re.search(r"training [\d.]+ s, compiling [\d.]+ s", out)

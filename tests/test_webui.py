@@ -178,3 +178,52 @@ def test_parity_of_canvas_sized_digits_with_plain_evaluation(app, test_split):
     """A sample of the full check (`python -m experiments.parity`): same accuracy through the API."""
     result = parity.measure(app, test_split, n=300)
     assert result["api_accuracy"] >= result["plain_accuracy"] - 0.01, result
+
+
+def test_security_headers_and_no_debug(app, client):
+    assert not app.debug and not app.testing  # the app as gunicorn serves it
+    for path in ("/", "/static/app.js", "/api/model", "/nowhere"):
+        headers = client.get(path).headers
+        csp = headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp and "frame-ancestors 'none'" in csp
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+    page = client.get("/").get_data(as_text=True)
+    assert "<script>" not in page and " style=" not in page and " on" not in page.replace(" one", "")
+
+
+def test_hostile_json_is_a_4xx_not_a_crash(client):
+    for body in (b"[" * 100_000 + b"]" * 100_000, b'{"pixels": [' + b"9" * 4000 + b"]}"):
+        assert client.post("/api/predict", data=body, content_type="application/json").status_code == 400
+    huge = [0] * 783 + [10**400]
+    assert "0 to 255" in client.post("/api/predict", json={"pixels": huge}).json["error"]
+
+
+def test_fuzz_no_5xx_json_4xx_and_no_file_read_outside_the_app(app, client, served_checkpoints):
+    """A short run of the API fuzz (experiments/fuzz_api.py), watching every file the server opens."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from experiments import fuzz_api
+
+    opened, watching = [], [False]
+
+    def audit(event, args):
+        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(os.path.realpath(os.fsdecode(args[0])))
+
+    sys.addaudithook(audit)  # cannot be removed; it records only while `watching`
+
+    def send(method, path, headers, body):
+        watching[0] = True
+        try:
+            answer = client.open(path, method=method, headers=headers, data=body)
+        finally:
+            watching[0] = False
+        return answer.status_code, dict(answer.headers), answer.get_data()
+
+    statuses = fuzz_api.fuzz(send, 300)
+    assert sum(statuses.values()) >= 300 and {200, 400, 404, 405, 413, 415} <= set(statuses)
+    allowed = [str(Path(p).resolve()) for p in (Path(app.root_path), served_checkpoints, sys.prefix, sys.base_prefix)]
+    outside = {p for p in opened if not any(p.startswith(root + os.sep) for root in allowed) and p != "/dev/urandom"}
+    assert not outside, sorted(outside)[:10]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 
 import numpy as np
 from flask import Request
@@ -48,7 +47,8 @@ def _pixels(values) -> np.ndarray:
         raise BadInput(f"`pixels` must be a list of 784 numbers (28x28, row by row); got {n}.")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise BadInput("`pixels` must hold numbers only.")
-    if not all(math.isfinite(v) and 0 <= v <= 255 for v in values):
+    # Comparisons, not math.isfinite: NaN fails them, and an int too large for a float compares exactly.
+    if not all(0 <= v <= 255 for v in values):
         raise BadInput("`pixels` must be finite numbers from 0 to 255 (NaN, infinities and negatives are refused).")
     return np.asarray(values, np.float32).reshape(28, 28)
 
@@ -60,7 +60,10 @@ def image_from_request(request: Request, max_pixels: int) -> tuple[Image.Image |
         if upload is None:
             raise BadInput("The multipart request has no file field named `image`.")
         return decode_image(upload.read(), max_pixels), dict(request.form)
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # Python's parser on [[[[...]]]]: not a ValueError, so not silenced
+        raise BadInput("The JSON body is nested too deeply.")
     if body is None:
         raise BadInput(
             'Send JSON ({"image": base64 PNG/JPEG or data URL} or {"pixels": [784 numbers]}) '

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,7 @@ class Run:
     test_accuracy: float | None
     trained_on: str | None
     predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    notes: list[str] = dataclasses.field(default_factory=list)  # damaged checkpoints passed over
 
     def describe(self) -> dict:
         return {
@@ -67,6 +69,7 @@ class Run:
             "model": self.model_name,
             "test_accuracy": self.test_accuracy,
             "trained_on": self.trained_on,
+            "notes": self.notes,
         }
 
     def timed_predict(self, image_28x28: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -85,7 +88,10 @@ def _restore(name: str, workdir: Path) -> Run:
         test_accuracy=restored.meta.get("test_accuracy"),
         trained_on=restored.meta.get("device_kind"),
         predict=make_predict(restored.model),
+        notes=restored.notes,
     )
+    for note in restored.notes:
+        logging.getLogger("webui").warning(note)
     run.predict(np.zeros((1, 28, 28), np.uint8))  # compile now: requests only ever send one image
     return run
 
@@ -104,8 +110,8 @@ class Runs:
         for name, path in found.items():
             try:
                 runs[name] = _restore(name, path)
-            except UserError:
-                continue  # a run with no finished checkpoint yet is not offered
+            except UserError as e:  # no finished checkpoint yet, or every one damaged: not offered
+                logging.getLogger("webui").warning("%s is not served: %s", name, e)
         default = None
         if workdir:
             path = Path(workdir)
