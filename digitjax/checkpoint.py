@@ -23,8 +23,10 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
 from digitjax import model as model_lib
+from digitjax import parallel
 from digitjax.errors import UserError
 
 # Fields that give a checkpoint its shape or its run its identity: a workdir whose
@@ -46,14 +49,18 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being writ
 ITEMS = ("model", "ema", "opt", "rng", "config", "meta")
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _file_digests(step_dir: Path) -> dict[str, list]:
     """relative path -> [size, sha256] for every file of the step's items."""
     digests = {}
     for item in ITEMS:
         for path in sorted((step_dir / item).rglob("*")):
             if path.is_file():
-                data = path.read_bytes()
-                digests[str(path.relative_to(step_dir))] = [len(data), hashlib.sha256(data).hexdigest()]
+                digests[str(path.relative_to(step_dir))] = [path.stat().st_size, _sha256(path)]
     return digests
 
 
@@ -69,10 +76,9 @@ def damage(step_dir: Path) -> str | None:
         path = step_dir / name
         if not path.is_file():
             return f"{name} is missing"
-        data = path.read_bytes()
-        if len(data) != size:
-            return f"{name} has {len(data):,} bytes instead of {size:,} (truncated?)"
-        if hashlib.sha256(data).hexdigest() != sha256:
+        if (actual := path.stat().st_size) != size:
+            return f"{name} has {actual:,} bytes instead of {size:,} (truncated?)"
+        if _sha256(path) != sha256:
             return f"{name} does not hold what was written (sha256 differs)"
     return None
 
@@ -104,8 +110,6 @@ def quiet_failed_saves() -> None:
     Orbax also logs the failure from each of its writer threads, with tracebacks, and its event
     loops complain once closed: a screen of noise above the one message that says what to do.
     """
-    import logging
-    import sys
 
     class DropOrbaxErrors(logging.Filter):
         def filter(self, record):
@@ -123,10 +127,10 @@ def quiet_failed_saves() -> None:
 
 def out_of_space_error(workdir: Path, step: int | None = None) -> UserError:
     root = workdir / "checkpoints"
-    kept = _step_dirs(root) if root.is_dir() else []
+    steps = sorted(_step_dirs(root)) if root.is_dir() else []
     kept = (
-        f"the checkpoints saved before (steps {', '.join(map(str, sorted(kept)))}) are intact"
-        if kept
+        f"the checkpoints saved before (steps {', '.join(map(str, steps))}) are intact"
+        if steps
         else "no checkpoint had been saved yet"
     )
     what = f"saving step {step}; that step was not saved" if step is not None else "writing the run's files"
@@ -179,6 +183,14 @@ class RunCheckpoints:
         self.config = config
         self.notes: list[str] = []
         self._saving: int | None = None
+        self._lock = None
+        if parallel.is_main():  # in a multi-host run, process 0 keeps the books; the others wait
+            self._take_over()
+        parallel.sync("digitjax: checkpoints checked")
+        self.mngr = _manager(self.workdir, keep_latest=config.keep_latest, on_written=self._seal)
+
+    def _take_over(self) -> None:
+        """Locks the workdir, checks it holds this run, moves damaged steps aside, drops unfinished ones."""
         self._lock = _lock(self.workdir)
         root = self.workdir / "checkpoints"
         found = _step_dirs(root) if root.is_dir() else []
@@ -204,14 +216,10 @@ class RunCheckpoints:
         self._lock.flush()
         for tmp in root.glob(f"*{TMP_SUFFIX}*") if root.is_dir() else ():
             shutil.rmtree(tmp)  # a save of this run that was interrupted; never committed
-        self.mngr = _manager(self.workdir, keep_latest=config.keep_latest, on_written=self._seal)
 
     def _check_identity(self, step: int) -> None:
-        mngr = _manager(self.workdir, read_only=True)
-        try:
-            saved, _ = _read_json_items(mngr, step)
-        finally:
-            mngr.close()
+        # The JSON item's file itself: Orbax's reader would wait for the other processes.
+        saved = json.loads((self.workdir / "checkpoints" / str(step) / "config" / "metadata").read_text())
         diffs = [
             f"{k}={saved.get(k)!r} there, {self.config[k]!r} here"
             for k in STRUCTURAL_FIELDS
@@ -309,7 +317,8 @@ class RunCheckpoints:
             self._raise_failed_save(self.mngr.wait_until_finished)
         finally:
             self.mngr.close()
-            self._lock.close()
+            if self._lock is not None:
+                self._lock.close()
 
 
 def _lock(workdir: Path):

@@ -10,6 +10,7 @@ accuracy the run logged for its step.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from digitjax import augment
 from digitjax import model as model_lib
@@ -39,15 +41,23 @@ def eval_step(model: nnx.Module, images_BxHxW: jax.Array, labels_B: jax.Array, m
     return jnp.sum(losses_B * mask_B), jnp.sum(correct_B * mask_B), logits_BxC
 
 
-def batches(images_NxHxW: np.ndarray, labels_N: np.ndarray, batch_size: int):
-    """Splits a whole split into equal device batches: the last one padded and masked."""
+def batches(
+    images_NxHxW: np.ndarray, labels_N: np.ndarray, batch_size: int, sharding: jax.sharding.Sharding | None = None
+):
+    """Splits a whole split into equal device batches: the last one padded and masked.
+
+    `sharding` places each batch on a mesh (the trainer's), else on the default device.
+    """
+    from digitjax import parallel
+
+    put = functools.partial(parallel.put, sharding=sharding) if sharding is not None else jax.device_put
     n = len(labels_N)
     pad = -n % batch_size
     images = np.concatenate([images_NxHxW, np.zeros((pad, *images_NxHxW.shape[1:]), np.uint8)])
     labels = np.concatenate([labels_N, np.zeros(pad, np.int32)])
     mask = np.arange(n + pad) < n
     return [
-        jax.device_put((images[i : i + batch_size], labels[i : i + batch_size], mask[i : i + batch_size]))
+        put((images[i : i + batch_size], labels[i : i + batch_size], mask[i : i + batch_size]))
         for i in range(0, n + pad, batch_size)
     ]
 
@@ -60,7 +70,8 @@ def evaluate_arrays(model: nnx.Module, device_batches: list, n: int, tta: bool =
         batch_loss, batch_correct, batch_logits = eval_step(model, images, labels, mask, tta)
         loss, correct = loss + batch_loss, correct + batch_correct
         logits.append(batch_logits)
-    logits_NxC = np.asarray(jnp.concatenate(logits)[:n])
+    # On a mesh spanning processes, each holds only its shards: gather them.
+    logits_NxC = np.asarray(multihost_utils.process_allgather(jnp.concatenate(logits)[:n], tiled=True))
     return {"accuracy": int(correct) / n, "loss": float(loss) / n, "logits_NxC": logits_NxC}
 
 

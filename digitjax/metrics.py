@@ -30,8 +30,12 @@ def time_to(records: list[dict], target: float) -> float | None:
 class MetricWriter:
     """Appends one JSON object per record; mirrors numbers to TensorBoard."""
 
-    def __init__(self, workdir: str | Path, resume_step: int = 0):
+    def __init__(self, workdir: str | Path, resume_step: int = 0, enabled: bool = True):
         from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+
+        self.enabled = enabled  # off in all but one process of a multi-host run
+        if not enabled:
+            return
 
         self.path = metrics_path(workdir)
         # Records past the step a run resumes from were written by the attempt that died;
@@ -41,6 +45,8 @@ class MetricWriter:
         self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, "split": split, **values}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -49,4 +55,5 @@ class MetricWriter:
                 self.tb.add_scalar(f"{split}/{name}", value, step)
 
     def close(self) -> None:
-        self.tb.close()
+        if self.enabled:
+            self.tb.close()

@@ -5,6 +5,11 @@
 
 Re-running a command resumes from the latest checkpoint in its workdir. SIGTERM (or
 Ctrl-C) saves a checkpoint at the current step and stops.
+
+Every device of every process trains, data-parallel (digitjax/parallel.py). Several hosts run the
+same command, each with its process flags (or none, where JAX finds them, as on Cloud TPU):
+
+    python -m digitjax.train --coordinator_address host0:1234 --num_processes 2 --process_id 0
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from digitjax import augment, checkpoint, data, evaluate
+from digitjax import augment, checkpoint, data, evaluate, parallel
 from digitjax import metrics as metrics_lib
 from digitjax import model as model_lib
 from digitjax.errors import UserError, exit_on_user_error
@@ -71,14 +76,22 @@ def _step(
     dropout_key: jax.Array,
     aug: augment.Augment | None = None,
     ema_decay: float = 0.0,
+    batch_sharding: jax.sharding.NamedSharding | None = None,
 ) -> None:
-    """One optimizer step on batch `index` of the epoch's order; data never leaves the device."""
+    """One optimizer step on batch `index` of the epoch's order; data never leaves the device.
+
+    `batch_sharding` splits the batch over a mesh (`parallel.split()`): data parallelism.
+    """
     batch_B = order_SxB[index]
     labels_B = labels_N[batch_B]
+    images_BxHxW = images_NxHxW[batch_B]
+    if batch_sharding is not None:
+        images_BxHxW = jax.lax.with_sharding_constraint(images_BxHxW, batch_sharding)
+        labels_B = jax.lax.with_sharding_constraint(labels_B, batch_sharding)
     # Dropout and augmentation depend only on the run's key and the step, so a resumed run
     # draws the same masks and maps.
     step_key = jax.random.fold_in(dropout_key, optimizer.step[...])
-    x_BxHxWx1 = model_lib.to_input(images_NxHxW[batch_B])
+    x_BxHxWx1 = model_lib.to_input(images_BxHxW)
     if aug is not None:
         x_BxHxWx1 = augment.random_maps(jax.random.fold_in(step_key, AUGMENT_STREAM), aug, x_BxHxWx1)
 
@@ -98,12 +111,22 @@ def _step(
 
 
 AUGMENT_STREAM = 0xA06  # folded into the step key: augmentation draws apart from dropout's
-train_step = nnx.jit(_step, static_argnames=("aug", "ema_decay"))
+train_step = nnx.jit(_step, static_argnames=("aug", "ema_decay", "batch_sharding"))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=4)
 def _train_steps(
-    graphdef, aug, ema_decay, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key
+    graphdef,
+    aug,
+    ema_decay,
+    batch_sharding,
+    state,
+    images_NxHxW,
+    labels_N,
+    order_SxB,
+    first_index,
+    num_steps,
+    dropout_key,
 ):
     def body(i, state):
         model, optimizer, metrics, *ema = nnx.merge(graphdef, state)
@@ -119,6 +142,7 @@ def _train_steps(
             dropout_key,
             aug,
             ema_decay,
+            batch_sharding,
         )
         return nnx.state((model, optimizer, metrics, *ema))
 
@@ -140,6 +164,7 @@ def train_steps(
     ema: nnx.Module | None = None,
     aug: augment.Augment | None = None,
     ema_decay: float = 0.0,
+    batch_sharding: jax.sharding.NamedSharding | None = None,
 ) -> jax.Array:
     """`num_steps` steps from batch `first_index` of the epoch in one dispatch: no host work between
     them, the state's buffers donated and updated in place. Returns the step count after them, an
@@ -147,7 +172,17 @@ def train_steps(
     modules = (model, optimizer, metrics) + ((ema,) if ema is not None else ())
     graphdef, state = nnx.split(modules)
     state, done = _train_steps(
-        graphdef, aug, ema_decay, state, images_NxHxW, labels_N, order_SxB, first_index, num_steps, dropout_key
+        graphdef,
+        aug,
+        ema_decay,
+        batch_sharding,
+        state,
+        images_NxHxW,
+        labels_N,
+        order_SxB,
+        first_index,
+        num_steps,
+        dropout_key,
     )
     nnx.update(modules, state)
     return done
@@ -224,11 +259,24 @@ def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: Path, data_dir: str | None, mnist_dir: str | None, stop: StopRequest
 ) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
+    devices = jax.device_count()
+    if config.batch_size % devices:
+        raise UserError(
+            f"batch_size {config.batch_size} does not split evenly over the {devices} devices of this run; "
+            f"pick a multiple of {devices} (--config.batch_size=...)."
+        )
+    main = parallel.is_main()
+    say = tqdm.write if main else lambda *args, **kwargs: None  # one process speaks for all
     train, evaluated = _splits(config, data_dir, mnist_dir)
+    eval_sharding = parallel.split() if config.eval_batch_size % devices == 0 else parallel.replicated()
     eval_batches = {
-        k: evaluate.batches(s.images_NxHxW, s.labels_N, config.eval_batch_size) for k, s in evaluated.items()
+        k: evaluate.batches(s.images_NxHxW, s.labels_N, config.eval_batch_size, eval_sharding)
+        for k, s in evaluated.items()
     }
-    images_NxHxW, labels_N = jax.device_put((train.images_NxHxW, train.labels_N))
+    # The training set lives on the devices, split along its first axis (padded to split evenly;
+    # the padding is never drawn). Each step gathers its batch from the shards, split over the mesh.
+    images_NxHxW, labels_N = parallel.put(parallel.pad_to_split((train.images_NxHxW, train.labels_N)), parallel.split())
+    batch_sharding = parallel.split() if devices > 1 else None
     n, batch_size = len(train.labels_N), config.batch_size
     steps_per_epoch = n // batch_size
     total_steps = config.num_epochs * steps_per_epoch
@@ -236,26 +284,34 @@ def _train_and_evaluate(
     model = model_lib.create(config.model, config.seed)
     tx, schedule = make_optimizer(config, total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    train_metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+    for module in (model, optimizer, train_metrics):
+        nnx.update(module, parallel.put(nnx.state(module), parallel.replicated()))
     # The evaluated (and served) model: an average of the weights when the config keeps one.
     ema_decay = config.get("ema_decay", 0.0)
     ema = weight_average(model) if ema_decay else None
     aug = augment.Augment.from_config(config)
     tta = bool(config.get("test_time_shifts"))
-    rng = jax.random.key(config.seed)
+    rng = parallel.put(jax.random.key(config.seed), parallel.replicated())
     ckpts = checkpoint.RunCheckpoints(workdir, config)
     for note in ckpts.notes:
-        print(note, file=sys.stderr)
+        say(note, file=sys.stderr)
     step = ckpts.latest_step() or 0
     train_s = 0.0  # training wall time: compiling, evaluating and saving excluded
     if step:
         rng, saved_meta = ckpts.restore(step, model, optimizer, rng, ema)
         train_s = saved_meta.get("train_seconds", 0.0)
-        print(f"Resuming {workdir} from step {step}.", file=sys.stderr)
+        say(f"Resuming {workdir} from step {step}.", file=sys.stderr)
     data_key, dropout_key = jax.random.split(rng)
-    writer = metrics_lib.MetricWriter(workdir, resume_step=step)
-    train_metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
-    meta = {"model": config.model, "device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__}
-    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0)
+    writer = metrics_lib.MetricWriter(workdir, resume_step=step, enabled=main)
+    meta = {
+        "model": config.model,
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": devices,
+        "processes": jax.process_count(),
+        "jax_version": jax.__version__,
+    }
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0, disable=not main)
     interval_start = (time.perf_counter(), step)
 
     def log_train() -> None:
@@ -280,7 +336,7 @@ def _train_and_evaluate(
                 predictions = evaluate.predictions_string(ev["logits_NxC"])
         model.train()
         val = f", validation {result['val_accuracy']:.4%}" if "val_accuracy" in result else ""
-        bar.write(f"epoch {result['epoch']}/{config.num_epochs}: test accuracy {result['test_accuracy']:.4%}{val}")
+        say(f"epoch {result['epoch']}/{config.num_epochs}: test accuracy {result['test_accuracy']:.4%}{val}")
         # Kept with the checkpoint, so a restored model can be checked label for label.
         return result | {"test_predictions": predictions}
 
@@ -300,10 +356,12 @@ def _train_and_evaluate(
 
     result: dict = {}
     order_SxB = in_flight = None
+    stopping = False
     compile_s = running_since = None
     model.train()
     try:
-        while step < total_steps and stop.signal is None:
+        # A signal that reached one process stops them all at the same step.
+        while step < total_steps and not (stopping := parallel.any_process(stop.signal is not None)):
             if order_SxB is None or step % steps_per_epoch == 0:
                 order_SxB = data.epoch_order(data_key, step // steps_per_epoch, n, batch_size)
             # Up to the next log, checkpoint or epoch end, in one dispatch.
@@ -323,6 +381,7 @@ def _train_and_evaluate(
                 ema,
                 aug,
                 ema_decay,
+                batch_sharding,
             )
             if compile_s is None:  # the first call returns once compiled; the steps run on
                 compile_s = time.perf_counter() - dispatched
@@ -350,16 +409,17 @@ def _train_and_evaluate(
                 interval_start = (time.perf_counter(), step)
             if log_now or save_now:
                 running_since = time.perf_counter()
-        if stop.signal is not None:
+        if stopping:
             if compile_s is not None:
                 stop_clock()
             save()
-            bar.write(
-                f"Stopped by signal {stop.signal} at step {step}: checkpoint saved in {workdir}; "
+            signum = stop.signal or signal.SIGTERM  # another process's
+            say(
+                f"Stopped by signal {signum} at step {step}: checkpoint saved in {workdir}; "
                 "run the same command to resume.",
                 file=sys.stderr,
             )
-            result["stopped_by"] = stop.signal
+            result["stopped_by"] = signum
         if "step" in result:
             result["compile_seconds"] = compile_s
     finally:
@@ -378,6 +438,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default checkpoi
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 _MNIST_DIR = flags.DEFINE_string(
     "mnist_dir", None, "Folder with the four MNIST IDX .gz files (default $DIGITJAX_MNIST_DIR)."
+)
+
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, in a multi-host run (with --num_processes, --process_id)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run, one per host.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run, from 0.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    None,
+    "Join a multi-host run whose processes JAX finds by itself. Default: when the environment says there are "
+    "several (a multi-host Cloud TPU VM, SLURM with several tasks, JAX_COORDINATOR_ADDRESS).",
 )
 
 
@@ -413,6 +485,7 @@ def main(argv) -> None:
         _WORKDIR.value or Path("checkpoints") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     )
     logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and WARNING
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     checkpoint.quiet_failed_saves()
     # Compiled steps persist across runs (a resumed or repeated run skips compiling).
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path("~/.cache/digitjax/xla").expanduser()))
@@ -422,6 +495,8 @@ def main(argv) -> None:
         result = train_and_evaluate(_CONFIG.value, workdir, _DATA_DIR.value, _MNIST_DIR.value)
     if "stopped_by" in result:
         sys.exit(130 if result["stopped_by"] == signal.SIGINT else 0)
+    if not parallel.is_main():
+        return
     if result:
         seconds = time.perf_counter() - started
         print(

@@ -33,7 +33,7 @@ def test_split(tfds_dir) -> data.Split:
     return data.load("test", str(tfds_dir))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_cli(tfds_dir, mnist_dir):
     """Runs `python -m MODULE ARGS` as a user would, with the test data dirs in the environment."""
 
@@ -90,3 +90,28 @@ def start_training(tfds_dir, mnist_dir):
         )
 
     return start
+
+
+@pytest.fixture(scope="session")
+def saved_arrays():
+    """Every array a run saved at a step (model, weight average, optimizer, RNG), as numpy, by path."""
+    import jax
+    import numpy as np
+
+    from digitjax import checkpoint
+
+    def arrays(workdir: Path, step: int) -> dict:
+        # Onto this process's first device, whatever mesh wrote them.
+        here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        checkpointer = checkpoint.ocp.StandardCheckpointer()
+        out = {}
+        for name in ("model", "ema", "opt", "rng"):
+            path = Path(workdir) / "checkpoints" / str(step) / name
+            if path.is_dir():
+                saved = checkpointer.metadata(path).item_metadata.tree
+                target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), saved)
+                leaves = jax.tree_util.tree_leaves_with_path(checkpointer.restore(path, target))
+                out |= {name + jax.tree_util.keystr(key): np.asarray(x) for key, x in leaves}
+        return out
+
+    return arrays

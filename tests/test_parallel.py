@@ -1,0 +1,141 @@
+"""Data parallelism: 8 CPU devices and 2 processes on loopback train what 1 device trains."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitjax import checkpoint
+from digitjax import metrics as metrics_lib
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 64  # the smoke run's
+
+
+def _devices(n: int) -> dict:
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def _train(run_cli, workdir: Path, devices: int, *args: str, check: bool = True):
+    return run_cli(
+        "digitjax.train",
+        "--config",
+        "experiments/smoke.py",
+        "--workdir",
+        str(workdir),
+        *args,
+        check=check,
+        **_devices(devices),
+    )
+
+
+def _losses(workdir: Path) -> list[float]:
+    return [r["loss"] for r in metrics_lib.read(workdir) if r["split"] == "train"]
+
+
+def _assert_same_run(workdir: Path, reference: Path, saved_arrays) -> None:
+    """The same loss curve and parameters, up to the order of float additions across devices."""
+    ours, theirs = _losses(workdir), _losses(reference)
+    assert len(ours) == len(theirs) > 10
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    a, b = saved_arrays(workdir, STEPS), saved_arrays(reference, STEPS)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory, run_cli) -> Path:
+    workdir = tmp_path_factory.mktemp("one") / "run"
+    _train(run_cli, workdir, 1)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory, run_cli) -> Path:
+    workdir = tmp_path_factory.mktemp("eight") / "run"
+    _train(run_cli, workdir, 8)
+    return workdir
+
+
+def test_eight_devices_follow_the_one_device_curve(eight_devices, one_device, saved_arrays):
+    _assert_same_run(eight_devices, one_device, saved_arrays)
+    meta = checkpoint.load_for_inference(eight_devices, step=STEPS).meta
+    assert meta["devices"] == 8 and meta["processes"] == 1
+
+
+def test_checkpoint_of_eight_devices_restores_and_resumes_on_one(eight_devices, tmp_path, run_cli):
+    result = json.loads(run_cli("digitjax.evaluate", "--workdir", str(eight_devices), "--json", "--step", "64").stdout)
+    recorded = [r for r in metrics_lib.read(eight_devices) if r["split"] == "test"][-1]
+    assert result["test_accuracy"] == recorded["accuracy"] and result["labels_changed_since_training"] == 0
+    workdir = tmp_path / "run"
+    shutil.copytree(eight_devices, workdir)
+    proc = _train(run_cli, workdir, 1, "--config.num_epochs=3")
+    assert f"Resuming {workdir} from step {STEPS}." in proc.stderr and "step 96, test accuracy" in proc.stdout
+    assert checkpoint.load_for_inference(workdir).meta["devices"] == 1
+
+
+def test_one_device_run_resumes_on_eight(one_device, tmp_path, run_cli):
+    workdir = tmp_path / "run"
+    shutil.copytree(one_device, workdir)
+    proc = _train(run_cli, workdir, 8, "--config.num_epochs=3")
+    assert f"Resuming {workdir} from step {STEPS}." in proc.stderr and "step 96, test accuracy" in proc.stdout
+    assert checkpoint.load_for_inference(workdir).meta["devices"] == 8
+
+
+def test_batch_that_does_not_split_over_the_devices_is_a_clear_error(tmp_path, run_cli):
+    proc = _train(run_cli, tmp_path, 8, "--config.batch_size=36", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "batch_size 36 does not split evenly over the 8 devices" in " ".join(proc.stderr.split())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_loopback_train_the_same_run(tmp_path, one_device, run_cli, saved_arrays):
+    """Two processes of two CPU devices each (a 4-device mesh) over jax.distributed on loopback."""
+    workdir, port = tmp_path / "run", _free_port()
+    env = {**os.environ, **run_cli.env, **_devices(2)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "digitjax.train",
+                "--config",
+                "experiments/smoke.py",
+                "--workdir",
+                str(workdir),
+                "--coordinator_address",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    # Process 0 speaks for both (Gloo, the CPU collectives, prints its connections in each).
+    assert f"step {STEPS}, test accuracy" in outs[0][0] and "test accuracy" not in outs[1][0]
+    _assert_same_run(workdir, one_device, saved_arrays)
+    meta = checkpoint.load_for_inference(workdir, step=STEPS).meta
+    assert meta["devices"] == 4 and meta["processes"] == 2
+    assert checkpoint.damage(workdir / "checkpoints" / str(STEPS)) is None
