@@ -94,7 +94,7 @@ def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
     # FLOPs of one training step, from XLA's own count of the compiled single step.
     graphdef, state = nnx.split((model, optimizer, metrics))
     step_flops = (
-        train._train_steps.lower(graphdef, None, 0.0, state, images, labels, order, 0, 1, key)
+        train._train_steps.lower(graphdef, None, 0.0, None, state, images, labels, order, 0, 1, key)
         .compile()
         .cost_analysis()["flops"]
     )
