@@ -70,24 +70,10 @@ def start_training(tfds_dir, mnist_dir):
     """Starts `python -m digitjax.train --config experiments/smoke.py` in the background, as a user would."""
     env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir)}
 
-    def start(workdir: Path, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "digitjax.train",
-                "--config",
-                "experiments/smoke.py",
-                "--workdir",
-                str(workdir),
-                *args,
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    def start(workdir: Path, *args: str, **more_env: str) -> subprocess.Popen:
+        command = [sys.executable, "-m", "digitjax.train", *SMOKE, "--workdir", str(workdir), *args]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        return subprocess.Popen(command, cwd=ROOT, env={**env, **more_env}, **pipes)
 
     return start
 

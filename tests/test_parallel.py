@@ -1,11 +1,8 @@
 """Data parallelism: 8 CPU devices and 2 processes on loopback train what 1 device trains."""
 
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +36,21 @@ def _losses(workdir: Path) -> list[float]:
     return [r["loss"] for r in metrics_lib.read(workdir) if r["split"] == "train"]
 
 
+def _test_accuracy(workdir: Path) -> float:
+    return [r["accuracy"] for r in metrics_lib.read(workdir) if r["split"] == "test"][-1]
+
+
 def _assert_same_run(workdir: Path, reference: Path, saved_arrays) -> None:
     """The same loss curve and parameters, up to the order of float additions across devices."""
-    ours, theirs = _losses(workdir), _losses(reference)
+    ours, theirs = np.array(_losses(workdir)), np.array(_losses(reference))
     assert len(ours) == len(theirs) > 10
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    accuracy, reference_accuracy = (_test_accuracy(w) for w in (workdir, reference))
+    assert abs(accuracy - reference_accuracy) <= 0.001
+    print(
+        f"{workdir}: max relative loss difference {np.max(np.abs(ours - theirs) / np.abs(theirs)):.2e} over "
+        f"{len(ours)} logged steps; test accuracy {accuracy:.2%} vs {reference_accuracy:.2%} on 1 device"
+    )
     a, b = saved_arrays(workdir, STEPS), saved_arrays(reference, STEPS)
     assert a.keys() == b.keys()
     for name in a:
@@ -101,35 +108,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_on_loopback_train_the_same_run(tmp_path, one_device, run_cli, saved_arrays):
+def test_two_processes_on_loopback_train_the_same_run(tmp_path, one_device, start_training, saved_arrays):
     """Two processes of two CPU devices each (a 4-device mesh) over jax.distributed on loopback."""
     workdir, port = tmp_path / "run", _free_port()
-    env = {**os.environ, **run_cli.env, **_devices(2)}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "digitjax.train",
-                "--config",
-                "experiments/smoke.py",
-                "--workdir",
-                str(workdir),
-                "--coordinator_address",
-                f"127.0.0.1:{port}",
-                "--num_processes",
-                "2",
-                "--process_id",
-                str(i),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    address = ("--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2")
+    procs = [start_training(workdir, *address, "--process_id", str(i), **_devices(2)) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
