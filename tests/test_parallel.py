@@ -108,17 +108,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_on_loopback_train_the_same_run(tmp_path, one_device, start_training, saved_arrays):
-    """Two processes of two CPU devices each (a 4-device mesh) over jax.distributed on loopback."""
-    workdir, port = tmp_path / "run", _free_port()
-    address = ("--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2")
-    procs = [start_training(workdir, *address, "--process_id", str(i), **_devices(2)) for i in range(2)]
+def _two_processes(start_training, workdir: Path, *args: str) -> list[tuple[str, str]]:
+    """Two processes of two CPU devices each (a 4-device mesh), joined by jax.distributed on loopback."""
+    address = ("--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2")
+    procs = [start_training(workdir, *address, "--process_id", str(i), *args, **_devices(2)) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     # Process 0 speaks for both (Gloo, the CPU collectives, prints its connections in each).
-    assert f"step {STEPS}, test accuracy" in outs[0][0] and "test accuracy" not in outs[1][0]
+    assert "test accuracy" in outs[0][0] and "test accuracy" not in outs[1][0]
+    return outs
+
+
+def test_two_processes_on_loopback_train_and_resume_the_same_run(tmp_path, one_device, start_training, saved_arrays):
+    workdir = tmp_path / "run"
+    outs = _two_processes(start_training, workdir)
+    assert f"step {STEPS}, test accuracy" in outs[0][0]
     _assert_same_run(workdir, one_device, saved_arrays)
     meta = checkpoint.load_for_inference(workdir, step=STEPS).meta
     assert meta["devices"] == 4 and meta["processes"] == 2
     assert checkpoint.damage(workdir / "checkpoints" / str(STEPS)) is None
+    # Both processes restore the checkpoint they saved together, and go on.
+    outs = _two_processes(start_training, workdir, "--config.num_epochs=3")
+    assert f"Resuming {workdir} from step {STEPS}." in outs[0][1] and "step 96, test accuracy" in outs[0][0]
