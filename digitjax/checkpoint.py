@@ -133,9 +133,9 @@ def out_of_space_error(workdir: Path, step: int | None = None) -> UserError:
         if steps
         else "no checkpoint had been saved yet"
     )
-    what = f"saving step {step}; that step was not saved" if step is not None else "writing the run's files"
+    doing, lost = (f"saving step {step}", "that step was not saved; ") if step is not None else ("writing", "")
     return UserError(
-        f"No space left on the device while {what} in {workdir}; {kept}. "
+        f"No space left on the device while {doing} in {workdir}; {lost}{kept}. "
         f"Free some space, then run the same command to resume."
     )
 
