@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from digitjax import augment
+from digitjax import augment, parallel
 from digitjax import model as model_lib
 from digitjax.model import NUM_CLASSES
 
@@ -48,8 +48,6 @@ def batches(
 
     `sharding` places each batch on a mesh (the trainer's), else on the default device.
     """
-    from digitjax import parallel
-
     put = functools.partial(parallel.put, sharding=sharding) if sharding is not None else jax.device_put
     n = len(labels_N)
     pad = -n % batch_size

@@ -1,8 +1,8 @@
 """Data parallelism over every device of every process: one mesh, state replicated, batches split.
 
 The trainer's step is written for one device; placing its inputs on a mesh is all it takes. The
-parameters, optimizer state and dataset are replicated, each batch is split along its first axis
-over the mesh's `data` axis, and XLA's partitioner adds the gradient all-reduce. BatchNorm
+parameters and optimizer state are replicated, the dataset and each batch are split along their
+first axis over the mesh's `data` axis, and XLA's partitioner adds the gradient all-reduce. BatchNorm
 statistics stay those of the whole batch, so N devices compute what one would, up to the order
 of float additions.
 

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -71,7 +71,7 @@ def gunicorn(workdir: str, workers: int = 2):
 
     Yields the port and the server's process.
     """
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DIGITJAX_WORKDIR": workdir, "DIGITJAX_CHECKPOINTS": str(Path(workdir).parent)}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "webui:create_app()"],

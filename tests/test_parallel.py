@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from digitjax import checkpoint
 from digitjax import metrics as metrics_lib
+from experiments.bench_serve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 64  # the smoke run's
@@ -102,15 +102,9 @@ def test_batch_that_does_not_split_over_the_devices_is_a_clear_error(tmp_path, r
     assert "batch_size 36 does not split evenly over the 8 devices" in " ".join(proc.stderr.split())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(start_training, workdir: Path, *args: str) -> list[tuple[str, str]]:
     """Two processes of two CPU devices each (a 4-device mesh), joined by jax.distributed on loopback."""
-    address = ("--coordinator_address", f"127.0.0.1:{_free_port()}", "--num_processes", "2")
+    address = ("--coordinator_address", f"127.0.0.1:{free_port()}", "--num_processes", "2")
     procs = [start_training(workdir, *address, "--process_id", str(i), *args, **_devices(2)) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
