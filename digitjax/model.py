@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from digitjax import winograd
+
 NUM_CLASSES = 10
 
 
@@ -25,15 +27,17 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
 
 
 class Conv(nnx.Conv):
-    """nnx.Conv (same parameters) computed as one matmul over shifted copies of the input.
+    """nnx.Conv (same parameters) computed with matmuls, which XLA's CPU backend runs far
+    closer to its peak than its own convolutions (~1/6 of it on these small images, and ~7x
+    slower still inside the trainer's fori_loop).
 
-    XLA's CPU convolution (and its gradients) reaches ~1/6 of the machine's matmul peak on
-    these small images, and is ~7x slower still inside the trainer's fori_loop; gathering the
-    kh*kw shifted views into the channel axis and doing a single dot is exact, and runs the
-    training step ~1.5x faster on its own and far faster inside the loop. The
-    gathered copy grows with the batch: past MAX_BATCH (evaluation's large batches) XLA's own
-    convolution is faster again (5x at 1,000 images), and for the single images of serving
-    it is slightly faster too, so it takes over for both.
+    On a CPU, a 3x3 kernel over more than one input channel with an even output goes through
+    `winograd.conv3x3` (2.25x fewer multiplies; not measured on accelerators, so not used
+    there); any other gathers the kh*kw shifted views into the channel axis for a single dot
+    (exact). Both copy the input several times over, a
+    copy that grows with the batch: past MAX_BATCH (evaluation's large batches) XLA's own
+    convolution is faster again (5x at 1,000 images), and for the single images of serving it
+    is slightly faster too, so it takes over for both.
     """
 
     MAX_BATCH = 256
@@ -47,8 +51,14 @@ class Conv(nnx.Conv):
         elif self.padding != "VALID" or self.strides not in (1, (1, 1)) or self.kernel_dilation not in (1, (1, 1)):
             return super().__call__(x_BxHxWxC)
         h, w = x_BxHxWxC.shape[1] - kh + 1, x_BxHxWxC.shape[2] - kw + 1
-        columns = jnp.concatenate([x_BxHxWxC[:, i : i + h, j : j + w] for i in range(kh) for j in range(kw)], -1)
-        y = columns @ self.kernel[...].reshape(kh * kw * cin, cout)
+        if (kh, kw) == (3, 3) and cin > 1 and h % 2 == 0 and w % 2 == 0 and jax.default_backend() == "cpu":
+            y = winograd.conv3x3(x_BxHxWxC, self.kernel[...])
+        else:
+            # Stacked a row of shifts at a time: XLA's CPU fusion leaves a concatenate of more
+            # than 8 operands as a separate, single-threaded copy.
+            rows = [jnp.stack([x_BxHxWxC[:, i : i + h, j : j + w] for j in range(kw)], 3) for i in range(kh)]
+            columns = jnp.stack(rows, 3).reshape(*x_BxHxWxC.shape[:1], h, w, kh * kw * cin)
+            y = columns @ self.kernel[...].reshape(kh * kw * cin, cout)
         return y + self.bias[...] if self.bias is not None else y
 
 

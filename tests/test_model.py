@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 from digitjax import model as model_lib
+from digitjax import winograd
 from digitjax.errors import UserError
 
 
@@ -62,11 +63,20 @@ def test_unknown_model_is_a_user_error():
         model_lib.create("resnet", seed=0)
 
 
-@pytest.mark.parametrize("padding, batch", [("VALID", 4), ("SAME", 4), ("VALID", model_lib.Conv.MAX_BATCH + 1)])
-def test_patch_conv_matches_xla_conv(padding, batch):
-    ours = model_lib.Conv(8, 16, (3, 3), padding=padding, rngs=nnx.Rngs(0))
-    xla = nnx.Conv(8, 16, (3, 3), padding=padding, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(1), (batch, 12, 12, 8))
+@pytest.mark.parametrize(
+    "padding, batch, size, cin",
+    [
+        ("VALID", 4, 12, 8),  # Winograd
+        ("SAME", 4, 12, 8),  # Winograd
+        ("VALID", 4, 13, 8),  # odd output: shifted copies and one dot
+        ("SAME", 4, 12, 1),  # one input channel: shifted copies and one dot
+        ("VALID", model_lib.Conv.MAX_BATCH + 1, 12, 8),  # XLA's own convolution
+    ],
+)
+def test_patch_conv_matches_xla_conv(padding, batch, size, cin):
+    ours = model_lib.Conv(cin, 16, (3, 3), padding=padding, rngs=nnx.Rngs(0))
+    xla = nnx.Conv(cin, 16, (3, 3), padding=padding, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (batch, size, size, cin))
     np.testing.assert_allclose(ours(x), xla(x), atol=1e-5)
     assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(xla))  # same checkpoints
 
@@ -76,3 +86,26 @@ def test_max_pool_2x2_matches_flax():
     np.testing.assert_array_equal(model_lib.max_pool_2x2(x), nnx.max_pool(x, (2, 2), (2, 2)))
     odd = jax.random.normal(jax.random.key(1), (2, 7, 7, 3))
     np.testing.assert_array_equal(model_lib.max_pool_2x2(odd), nnx.max_pool(odd, (2, 2), (2, 2)))
+
+
+def test_winograd_conv3x3_and_its_gradients_match_xla_conv():
+    x = jax.random.normal(jax.random.key(0), (3, 14, 12, 5))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 7))
+    dy = jax.random.normal(jax.random.key(2), (3, 12, 10, 7))
+
+    def xla(x, kernel):
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=dims, precision="highest")
+
+    def rel_err(a, b):
+        return float(jnp.abs(a - b).max() / jnp.abs(b).max())
+
+    assert rel_err(winograd.conv3x3(x, kernel), xla(x, kernel)) < 1e-5
+
+    def grads(conv):
+        return jax.grad(lambda x, k: jnp.vdot(conv(x, k), dy), (0, 1))(x, kernel)
+
+    for ours, reference in zip(grads(winograd.conv3x3), grads(xla)):
+        assert rel_err(ours, reference) < 1e-5
+    with pytest.raises(ValueError, match="even output"):
+        winograd.conv3x3(x[:, :13], kernel)
