@@ -114,3 +114,8 @@ def test_bench_smoke_prints_its_figures():
     for r in rows:
         assert r["train_images_per_s"] > 0 and 0 < r["share_of_matmul_peak"] < 1.5
         assert {"jax", "device_kind", "cpu_cores", "compile_s", "seconds_per_epoch"} <= set(r)
+    baseline, ours = rows
+    # The smoke model's second conv goes through Winograd: fewer FLOPs executed than the direct
+    # convolutions it stands for, which the baseline executes as they are.
+    assert baseline["step_gflop"] == pytest.approx(baseline["direct_conv_step_gflop"])
+    assert ours["step_gflop"] < ours["direct_conv_step_gflop"] == pytest.approx(baseline["step_gflop"])
