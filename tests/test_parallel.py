@@ -41,10 +41,12 @@ def _test_accuracy(workdir: Path) -> float:
 
 
 def _assert_same_run(workdir: Path, reference: Path, saved_arrays) -> None:
-    """The same loss curve and parameters, up to the order of float additions across devices."""
+    """The same loss curve and parameters, up to the order of float additions across devices
+    (Winograd's convolutions round a little more than direct ones: ~1e-6 on the losses, and up
+    to ~5e-5 on parameters after 64 steps)."""
     ours, theirs = np.array(_losses(workdir)), np.array(_losses(reference))
     assert len(ours) == len(theirs) > 10
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-6)
     accuracy, reference_accuracy = (_test_accuracy(w) for w in (workdir, reference))
     assert abs(accuracy - reference_accuracy) <= 0.001
     print(
@@ -54,7 +56,8 @@ def _assert_same_run(workdir: Path, reference: Path, saved_arrays) -> None:
     a, b = saved_arrays(workdir, STEPS), saved_arrays(reference, STEPS)
     assert a.keys() == b.keys()
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-4, err_msg=name)
+    print(f"{workdir}: max absolute parameter difference {max(np.abs(a[n] - b[n]).max() for n in a):.2e}")
 
 
 @pytest.fixture(scope="module")
