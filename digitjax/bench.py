@@ -157,6 +157,21 @@ def time_to_accuracy(config) -> dict:
     } | {f"seconds_to_{t:.1%}": metrics.time_to(records, t) for t in metrics.TARGETS}
 
 
+def run_peer(peer: str, batch_size: int, steps: int) -> list[dict]:
+    """Times experiments/peers/<peer>.py in a process of its own: run after PyTorch in the same
+    process, TensorFlow ran at half its speed, one core's worth."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", f"experiments.peers.{peer}", str(batch_size), str(steps)]
+    proc = subprocess.run(command, cwd=train.EXPERIMENTS.parent, capture_output=True, text=True)
+    if proc.returncode:
+        reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"skipping {peer}: {reason}")
+        return []
+    return [json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
 def main() -> None:
     from digitjax.train import EXPERIMENTS
 
@@ -179,13 +194,8 @@ def main() -> None:
     if args.accuracy:
         results[-1] |= time_to_accuracy(config)
     if args.peers:
-        import importlib
-
         for peer in ("torch_seed", "keras_seed"):  # optional extras: skipped when not installed
-            try:
-                results.append(importlib.import_module(f"experiments.peers.{peer}").bench(config.batch_size, steps))
-            except ImportError as e:
-                print(f"skipping {peer}: {e}")
+            results += run_peer(peer, config.batch_size, steps)
     columns = (
         f"{'batch':>6}{'train img/s':>13}{'s/epoch':>9}{'compile s':>11}{'% peak':>8}{'eff. %':>8}{'infer img/s':>13}"
     )

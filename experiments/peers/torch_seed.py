@@ -74,5 +74,8 @@ def bench(batch_size: int = 128, steps: int = 60, n: int = 60000) -> dict:
     }
 
 
-if __name__ == "__main__":
-    print(bench())
+if __name__ == "__main__":  # python -m experiments.peers.<this> [batch_size [steps]]: one JSON line
+    import json
+    import sys
+
+    print(json.dumps(bench(*map(int, sys.argv[1:3]))))
