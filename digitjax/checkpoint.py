@@ -115,7 +115,12 @@ def quiet_failed_saves() -> None:
         def filter(self, record):
             return "orbax" not in record.pathname
 
+    class DropOrbaxTasks(logging.Filter):  # asyncio's "Task exception was never retrieved", at collection
+        def filter(self, record):
+            return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
+
     logging.getLogger("absl").addFilter(DropOrbaxErrors())
+    logging.getLogger("asyncio").addFilter(DropOrbaxTasks())
     default_hook = sys.unraisablehook
 
     def hook(unraisable):
