@@ -8,8 +8,8 @@ exact; in fp32 the result differs from a direct convolution by rounding only (~1
 
 Written for XLA's CPU backend, where it trains the seed model's step ~1.3x faster than one
 matmul over gathered shifted copies (experiments/RESULTS.md):
-- the output transform's gradient is written out by hand: XLA's own transpose of its slices
-  and stacks is a chain of pads and adds that costs more than the matmuls;
+- the gradients of both transforms are written out by hand: autodiff's transposes of their
+  strided slices and stacks are chains of pads and adds that cost more than the matmuls;
 - every stack has at most 8 operands, nested where more are needed: XLA's CPU fusion leaves
   a concatenate of more than 8 operands as a separate, single-threaded copy.
 """
