@@ -34,10 +34,10 @@ class Conv(nnx.Conv):
     On a CPU, a 3x3 kernel over more than one input channel with an even output goes through
     `winograd.conv3x3` (2.25x fewer multiplies; not measured on accelerators, so not used
     there); any other gathers the kh*kw shifted views into the channel axis for a single dot
-    (exact). Both copy the input several times over, a
-    copy that grows with the batch: past MAX_BATCH (evaluation's large batches) XLA's own
-    convolution is faster again (5x at 1,000 images), and for the single images of serving it
-    is slightly faster too, so it takes over for both.
+    (exact). Both copy the input several times over, a copy that grows with the batch: past
+    MAX_BATCH (evaluation's large batches) XLA's own convolution is faster again (5x at 1,000
+    images), and for the single images of serving it is slightly faster too, so it takes over
+    for both.
     """
 
     MAX_BATCH = 256

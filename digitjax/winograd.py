@@ -26,7 +26,7 @@ import numpy as np
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
-A = tuple(zip(*A_T))
+A, B = tuple(zip(*A_T)), tuple(zip(*B_T))  # their transposes, for the gradients
 TILE, OUT = 4, 2  # input tile and output block sides
 
 
@@ -101,7 +101,6 @@ def _input_transform_bwd(shape, dV_TxNxC):
     b, h, w, c = shape
     th, tw = (h - 2) // OUT, (w - 2) // OUT
     d = dV_TxNxC.reshape(TILE, TILE, b, th, tw, c)
-    B = tuple(zip(*B_T))
     across = [_combine(B, [d[a, j] for j in range(TILE)]) for a in range(TILE)]  # [a][column j]
     dD = [_combine(B, [across[a][j] for a in range(TILE)]) for j in range(TILE)]  # [column j][row i]
 
