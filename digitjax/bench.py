@@ -173,10 +173,8 @@ def run_peer(peer: str, batch_size: int, steps: int) -> list[dict]:
 
 
 def main() -> None:
-    from digitjax.train import EXPERIMENTS
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(EXPERIMENTS / "seed.py"))
+    parser.add_argument("--config", default=str(train.EXPERIMENTS / "seed.py"))
     parser.add_argument("--steps", type=int, default=100, help="timed training steps")
     parser.add_argument("--smoke", action="store_true", help="a few steps only, to check it runs")
     parser.add_argument("--baseline", action="store_true", help="also time XLA convs with one dispatch per step")
