@@ -5,7 +5,8 @@
 
 Times the trainer's own `train_steps` (the dataset on the device, many steps per dispatch) on
 random uint8 images of MNIST's shape, compile time apart; the share of the machine's measured
-fp32 matmul peak that one training step reaches (FLOPs from XLA's cost analysis); and batched
+fp32 matmul peak that one training step reaches (FLOPs from XLA's cost analysis of the step with
+direct convolutions: Winograd executes fewer, and XLA counts none in oneDNN's); and batched
 inference. Records the JAX version, device kind and core count with the figures.
 """
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from digitjax import metrics, train
+from digitjax import metrics, onednn, train
 from digitjax import model as model_lib
 
 
@@ -97,8 +98,8 @@ def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
     train_s = time.perf_counter() - start
     images_per_s = steps * config.batch_size / train_s
 
-    # FLOPs of one training step, from XLA's own count of the compiled single step: as executed,
-    # and as the same model with direct convolutions (what Winograd's convolutions save).
+    # FLOPs of one training step, from XLA's own count of the compiled single step: as executed
+    # (oneDNN's custom calls count none), and as the same model with XLA's direct convolutions.
     flops = step_flops(model, optimizer, metrics, images, labels, order)
     direct_flops = flops if baseline else step_flops(*synthetic_run(config, n, baseline=True))
     peak = matmul_peak_gflops()
@@ -131,6 +132,7 @@ def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
         # formulations that execute fewer FLOPs for the same step (Winograd).
         "effective_share_of_matmul_peak": direct_flops * steps / train_s / 1e9 / peak,
         "inference_images_per_s": inference,
+        "onednn_convolutions": not baseline and onednn.available(),
         "jax": jax.__version__,
         "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
@@ -214,8 +216,9 @@ def main() -> None:
         )
     r = next(r for r in results if r["variant"] == "digitjax")
     print(
-        f"{r['step_gflop']:.2f} GFLOP per step ({r['direct_conv_step_gflop']:.2f} with direct convolutions; "
-        "eff. % counts those); "
+        f"{r['step_gflop']:.2f} GFLOP per step executed by XLA"
+        f"{' (and convolutions by oneDNN)' if r['onednn_convolutions'] else ''}, "
+        f"{r['direct_conv_step_gflop']:.2f} with direct convolutions (eff. % counts those); "
         f"{r['achieved_gflops']:.1f} GFLOP/s of a measured "
         f"{r['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak; jax {r['jax']} on {r['devices']}x "
         f"{r['device_kind']}, {r['cpu_cores']} cores"

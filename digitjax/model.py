@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from digitjax import winograd
+from digitjax import onednn, winograd
 
 NUM_CLASSES = 10
 
@@ -27,24 +27,33 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
 
 
 class Conv(nnx.Conv):
-    """nnx.Conv (same parameters) computed with matmuls, which XLA's CPU backend runs far
-    closer to its peak than its own convolutions (~1/6 of it on these small images, and ~7x
-    slower still inside the trainer's fori_loop).
+    """nnx.Conv (same parameters) computed other ways than XLA's CPU convolutions, which reach
+    ~1/6 of the matmul peak on these small images, and are ~7x slower still inside the
+    trainer's fori_loop.
 
-    On a CPU, a 3x3 kernel over more than one input channel with an even output goes through
+    On a CPU, oneDNN's convolutions come first (`onednn.conv`; Winograd F(4x4, 3x3) where the
+    channels fill blocks of 16), where digitjax could build them and oneDNN has a fast kernel
+    for the shape: they train the seed model ~1.4x faster than the matmuls below. Otherwise a
+    3x3 kernel over more than one input channel with an even output goes through
     `winograd.conv3x3` (2.25x fewer multiplies; not measured on accelerators, so not used
     there); any other gathers the kh*kw shifted views into the channel axis for a single dot
-    (exact). Both copy the input several times over, a copy that grows with the batch: past
-    MAX_BATCH (evaluation's large batches) XLA's own convolution is faster again (5x at 1,000
-    images), and for the single images of serving it is slightly faster too, so it takes over
-    for both.
+    (exact). All three copy the input, a copy that grows with the batch: past MAX_BATCH
+    (evaluation's large batches) XLA's own convolution is faster again (5x than the matmuls at
+    1,000 images), and for the single images of serving it is slightly faster than the
+    matmuls too, so it takes over for both.
     """
 
     MAX_BATCH = 256
 
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         kh, kw, cin, cout = self.kernel.shape
-        if not 1 < x_BxHxWxC.shape[0] <= self.MAX_BATCH:  # serving's single images: XLA's is faster
+        batch = x_BxHxWxC.shape[0]
+        same = kh // 2 if kh == kw and kh % 2 else None  # symmetric 'SAME' padding
+        pad = {"VALID": 0, "SAME": same}.get(self.padding) if isinstance(self.padding, str) else None
+        plain = pad is not None and self.strides in (1, (1, 1)) and self.kernel_dilation in (1, (1, 1))
+        if plain and batch <= self.MAX_BATCH and onednn.supports(*x_BxHxWxC.shape, cout, kh, kw, pad):
+            return onednn.conv(x_BxHxWxC, self.kernel[...], self.bias[...] if self.bias is not None else None, pad)
+        if not 1 < batch <= self.MAX_BATCH:
             return super().__call__(x_BxHxWxC)
         if self.padding == "SAME":
             x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))

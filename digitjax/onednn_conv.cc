@@ -1,0 +1,200 @@
+// 2-D convolutions by oneDNN as XLA FFI handlers, for XLA's CPU backend: see digitjax/onednn.py,
+// which compiles this file and registers the handlers.
+//
+// Arrays: x (N, ceil(IC/16), H, W, 16), or (N, 1, H, W, 1) for one input channel; y and dy
+// (N, ceil(OC/16), OH, OW, 16); w and dw HWIO, db (OC,). Channels past IC or OC are zeros.
+// oneDNN's fast kernels want channels in blocks of 16 (nChw16c); weights are tiny, so they are
+// reordered here on every call.
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Scratch buffers of the calling thread, kept for its next call: XLA may run two at once.
+class Scratch {
+ public:
+  ~Scratch() {
+    for (void* p : bufs_) std::free(p);
+  }
+  void* Get(size_t slot, size_t bytes) {
+    if (slot >= bufs_.size()) bufs_.resize(slot + 1, nullptr), sizes_.resize(slot + 1, 0);
+    if (sizes_[slot] < bytes) {
+      std::free(bufs_[slot]);
+      bufs_[slot] = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+      sizes_[slot] = bytes;
+    }
+    return bufs_[slot];
+  }
+
+ private:
+  std::vector<void*> bufs_;
+  std::vector<size_t> sizes_;
+};
+thread_local Scratch scratch;
+enum Slot { kScratchpad, kWeights };
+
+struct Shape {
+  int64_t n, ic, h, w, oc, kh, kw, pad;
+  auto Key() const { return std::make_tuple(n, ic, h, w, oc, kh, kw, pad); }
+};
+
+// The three primitives of one shape, built on first use. Winograd F(4x4, 3x3) where oneDNN has
+// it (3x3 kernels, channels in whole blocks of 16), else its direct convolution.
+struct Conv {
+  explicit Conv(const Shape& s) {
+    memory::dims strides = {1, 1}, pad = {s.pad, s.pad};
+    memory::dim oh = s.h + 2 * s.pad - s.kh + 1, ow = s.w + 2 * s.pad - s.kw + 1;
+    src = memory::desc({s.n, s.ic, s.h, s.w}, dt::f32, s.ic == 1 ? tag::nchw : tag::nChw16c);
+    dst = memory::desc({s.n, s.oc, oh, ow}, dt::f32, tag::nChw16c);
+    hwio = memory::desc({s.oc, s.ic, s.kh, s.kw}, dt::f32, tag::hwio);
+    auto weights = memory::desc({s.oc, s.ic, s.kh, s.kw}, dt::f32, tag::any);
+    auto bias = memory::desc({s.oc}, dt::f32, tag::x);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    bool winograd = s.kh == 3 && s.kw == 3 && s.ic % 16 == 0 && s.oc % 16 == 0;
+    for (auto alg : {dnnl::algorithm::convolution_winograd, dnnl::algorithm::convolution_direct}) {
+      if (alg == dnnl::algorithm::convolution_winograd && !winograd) continue;
+      try {
+        fwd_pd = dnnl::convolution_forward::primitive_desc(
+            {dnnl::prop_kind::forward_training, alg, src, weights, dst, strides, pad, pad}, attr, Engine());
+        bwd_w_pd = dnnl::convolution_backward_weights::primitive_desc(
+            {alg, src, weights, bias, dst, strides, pad, pad}, attr, Engine(), fwd_pd);
+        if (s.ic > 1)
+          bwd_d_pd = dnnl::convolution_backward_data::primitive_desc({alg, src, weights, dst, strides, pad, pad},
+                                                                     attr, Engine(), fwd_pd);
+        break;
+      } catch (const dnnl::error&) {
+        if (alg == dnnl::algorithm::convolution_direct) throw;
+      }
+    }
+    // oneDNN's reference kernels (odd channel counts) are far slower than digitjax's own.
+    for (const char* impl : {fwd_pd.impl_info_str(), bwd_w_pd.impl_info_str(),
+                             s.ic > 1 ? bwd_d_pd.impl_info_str() : ""})
+      if (std::string(impl).rfind("ref", 0) == 0) throw dnnl::error(dnnl_unimplemented, "reference kernels only");
+    fwd = dnnl::convolution_forward(fwd_pd);
+    bwd_w = dnnl::convolution_backward_weights(bwd_w_pd);
+    if (s.ic > 1) bwd_d = dnnl::convolution_backward_data(bwd_d_pd);
+  }
+  memory::desc src, dst, hwio;
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_backward_data::primitive_desc bwd_d_pd;
+  dnnl::convolution_backward_weights::primitive_desc bwd_w_pd;
+  dnnl::convolution_forward fwd;
+  dnnl::convolution_backward_data bwd_d;
+  dnnl::convolution_backward_weights bwd_w;
+};
+
+// nullptr where oneDNN has no convolution for this shape.
+Conv* Get(const Shape& s) {
+  static std::mutex mu;
+  static std::map<decltype(s.Key()), std::unique_ptr<Conv>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto [it, inserted] = cache.try_emplace(s.Key());
+  if (inserted) {
+    try {
+      it->second = std::make_unique<Conv>(s);
+    } catch (const dnnl::error&) {
+    }
+  }
+  return it->second.get();
+}
+
+memory Scratchpad(const dnnl::primitive_desc_base& pd) {
+  auto md = pd.scratchpad_desc();
+  return memory(md, Engine(), scratch.Get(kScratchpad, md.get_size()));
+}
+
+// The HWIO weights in the layout `want`, reordered into scratch if it differs.
+memory Weights(dnnl::stream& stream, const Conv& c, const memory::desc& want, float* hwio) {
+  memory user(c.hwio, Engine(), hwio);
+  if (want == c.hwio) return user;
+  memory m(want, Engine(), scratch.Get(kWeights, want.get_size()));
+  dnnl::reorder(user, m).execute(stream, user, m);
+  return m;
+}
+
+using Dims = ffi::Buffer<ffi::F32>::Dimensions;
+
+template <typename F>
+ffi::Error Run(Dims x, Dims w, int64_t pad, F f) {
+  if (x.size() != 5 || w.size() != 4) return ffi::Error::InvalidArgument("oneDNN convolution: bad ranks");
+  Conv* c = Get(Shape{x[0], w[2], x[2], x[3], w[3], w[0], w[1], pad});
+  if (!c) return ffi::Error::InvalidArgument("oneDNN has no convolution for this shape");
+  try {
+    dnnl::stream stream(Engine());
+    f(*c, stream);
+    stream.wait();
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
+  }
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t pad) {
+  return Run(x.dimensions(), w.dimensions(), pad, [&](Conv& c, dnnl::stream& stream) {
+    c.fwd.execute(stream, {{DNNL_ARG_SRC, memory(c.src, Engine(), x.typed_data())},
+                           {DNNL_ARG_WEIGHTS, Weights(stream, c, c.fwd_pd.weights_desc(), w.typed_data())},
+                           {DNNL_ARG_DST, memory(c.dst, Engine(), y->typed_data())},
+                           {DNNL_ARG_SCRATCHPAD, Scratchpad(c.fwd_pd)}});
+  });
+}
+
+ffi::Error BackwardData(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
+                        ffi::ResultBuffer<ffi::F32> dx, int64_t pad) {
+  return Run(x.dimensions(), w.dimensions(), pad, [&](Conv& c, dnnl::stream& stream) {
+    if (!c.bwd_d) throw dnnl::error(dnnl_invalid_arguments, "no input gradient for one input channel");
+    c.bwd_d.execute(stream, {{DNNL_ARG_DIFF_DST, memory(c.dst, Engine(), dy.typed_data())},
+                             {DNNL_ARG_WEIGHTS, Weights(stream, c, c.bwd_d_pd.weights_desc(), w.typed_data())},
+                             {DNNL_ARG_DIFF_SRC, memory(c.src, Engine(), dx->typed_data())},
+                             {DNNL_ARG_SCRATCHPAD, Scratchpad(c.bwd_d_pd)}});
+  });
+}
+
+ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
+                           ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db, int64_t pad) {
+  return Run(x.dimensions(), w.dimensions(), pad, [&](Conv& c, dnnl::stream& stream) {
+    auto want = c.bwd_w_pd.diff_weights_desc();
+    memory user(c.hwio, Engine(), dw->typed_data());
+    memory m = want == c.hwio ? user : memory(want, Engine(), scratch.Get(kWeights, want.get_size()));
+    c.bwd_w.execute(stream, {{DNNL_ARG_SRC, memory(c.src, Engine(), x.typed_data())},
+                             {DNNL_ARG_DIFF_DST, memory(c.dst, Engine(), dy.typed_data())},
+                             {DNNL_ARG_DIFF_WEIGHTS, m},
+                             {DNNL_ARG_DIFF_BIAS, memory(c.bwd_w_pd.diff_bias_desc(), Engine(), db->typed_data())},
+                             {DNNL_ARG_SCRATCHPAD, Scratchpad(c.bwd_w_pd)}});
+    if (!(want == c.hwio)) dnnl::reorder(m, user).execute(stream, m, user);
+  });
+}
+
+}  // namespace
+
+// Whether oneDNN has a convolution for this shape: asked once per shape, while tracing.
+extern "C" int DigitjaxConvSupported(int64_t n, int64_t ic, int64_t h, int64_t w, int64_t oc, int64_t kh,
+                                     int64_t kw, int64_t pad) {
+  return Get(Shape{n, ic, h, w, oc, kh, kw, pad}) != nullptr;
+}
+
+#define ARG .Arg<ffi::Buffer<ffi::F32>>()
+#define RET .Ret<ffi::Buffer<ffi::F32>>()
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvForward, Forward, ffi::Ffi::Bind() ARG ARG RET.Attr<int64_t>("pad"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvBackwardData, BackwardData,
+                              ffi::Ffi::Bind() ARG ARG ARG RET.Attr<int64_t>("pad"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DigitjaxConvBackwardWeights, BackwardWeights,
+                              ffi::Ffi::Bind() ARG ARG ARG RET RET.Attr<int64_t>("pad"));
