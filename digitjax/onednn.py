@@ -61,9 +61,10 @@ def _build() -> Path:
     if shutil.which(_compile_command(library)[0]) is None:
         raise RuntimeError("no C++ compiler (apt-get install g++)")
     cache.mkdir(parents=True, exist_ok=True)
+    logging.info("Compiling digitjax's oneDNN convolutions into %s (once, a few seconds).", library)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: processes may race
         built = Path(tmp) / library.name
-        proc = subprocess.run(_compile_command(built), capture_output=True, text=True)
+        proc = subprocess.run(_compile_command(built), capture_output=True, text=True, timeout=600)
         if proc.returncode:
             lines = proc.stderr.strip().splitlines()
             reason = next((line for line in lines if "error" in line), lines[-1] if lines else "no output")
@@ -78,7 +79,7 @@ def _library() -> ctypes.CDLL | None:
         return None
     try:
         library = ctypes.CDLL(str(_build()))
-    except (RuntimeError, OSError) as e:
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         logging.warning("oneDNN convolutions off, digitjax's own used instead: %s", e)
         return None
     for name in _HANDLERS:
