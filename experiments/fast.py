@@ -4,9 +4,10 @@ logs and checkpoints once per epoch, test-time shifts.
     python -m digitjax.train --config experiments/fast.py
     python -m experiments.seeds --config experiments/fast.py --seeds 5
 
-Expected on the 2-core CPU machine, 5 seeds: 99.11% +- 0.08% test accuracy (min 99.01%) after
-13.8 s of training (12.9-15.2 s; compiling ~1.7 s and evaluating excluded); an earlier run of
-the same gave 15.0 s (14.1-16.1 s): this machine's timings move that much. Seed 0: 99.12%.
+Expected on the 2-core CPU machine, 5 seeds: 99.10% +- 0.06% test accuracy (min 99.02%) after
+12.2 s of training (10.4-13.5 s; compiling ~2.3 s and evaluating excluded), with oneDNN's
+convolution for conv1; earlier runs without it gave 13.4-15.0 s means: this machine's timings
+move that much. Seed 0: 99.11%, 35 s for the whole command.
 """
 
 from experiments import default
