@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import jax
@@ -80,7 +81,8 @@ def _library() -> ctypes.CDLL | None:
     try:
         library = ctypes.CDLL(str(_build()))
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-        logging.warning("oneDNN convolutions off, digitjax's own used instead: %s", e)
+        # A warning, not a log line: the trainer keeps only absl's errors.
+        warnings.warn(f"oneDNN convolutions off, digitjax's own used instead: {e}", stacklevel=2)
         return None
     for name in _HANDLERS:
         jax.ffi.register_ffi_target(_target(name), jax.ffi.pycapsule(getattr(library, f"DigitjaxConv{name}")), "cpu")
