@@ -29,6 +29,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from absl import logging
 
@@ -52,9 +53,11 @@ def _compile_command(out: Path) -> list[str]:
 
 
 def _build() -> Path:
-    """The compiled library, built on first use; keyed by the source, jax and compiler flags."""
-    key = hashlib.sha256(SOURCE.read_bytes() + jax.__version__.encode())
-    key.update(" ".join(_compile_command(Path("x"))).encode())
+    """The compiled library, built on first use; keyed by the source, jaxlib, the compiler and
+    oneDNN's root, not by paths, so that every checkout and environment shares one build."""
+    key = hashlib.sha256(SOURCE.read_bytes())
+    for part in (jaxlib.__version__, os.environ.get("CXX", "g++"), os.environ.get("DNNLROOT", "")):
+        key.update(b"\0" + part.encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digitjax"
     library = cache / f"onednn_conv-{key.hexdigest()[:16]}.so"
     if library.exists():
@@ -79,7 +82,11 @@ def _library() -> ctypes.CDLL | None:
     if os.environ.get("DIGITJAX_ONEDNN", "1") == "0":
         return None
     try:
-        library = ctypes.CDLL(str(_build()))
+        try:
+            library = ctypes.CDLL(str(_build()))
+        except OSError:  # a build against a oneDNN since replaced: build again
+            _build().unlink()
+            library = ctypes.CDLL(str(_build()))
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         # A warning, not a log line: the trainer keeps only absl's errors.
         warnings.warn(f"oneDNN convolutions off, digitjax's own used instead: {e}", stacklevel=2)
