@@ -51,7 +51,8 @@ class Conv(nnx.Conv):
         same = kh // 2 if kh == kw and kh % 2 else None  # symmetric 'SAME' padding
         pad = {"VALID": 0, "SAME": same}.get(self.padding) if isinstance(self.padding, str) else None
         plain = pad is not None and self.strides in (1, (1, 1)) and self.kernel_dilation in (1, (1, 1))
-        if plain and batch <= self.MAX_BATCH and onednn.supports(*x_BxHxWxC.shape, cout, kh, kw, pad):
+        float32 = x_BxHxWxC.dtype == self.kernel.dtype == jnp.float32  # what the FFI handlers take
+        if plain and float32 and batch <= self.MAX_BATCH and onednn.supports(*x_BxHxWxC.shape, cout, kh, kw, pad):
             return onednn.conv(x_BxHxWxC, self.kernel[...], self.bias[...] if self.bias is not None else None, pad)
         if not 1 < batch <= self.MAX_BATCH:
             return super().__call__(x_BxHxWxC)

@@ -3,7 +3,7 @@
 oneDNN is the library behind PyTorch's and TensorFlow's CPU convolutions. This jaxlib links it,
 but XLA does not route convolutions to it (experiments/RESULTS.md), and XLA's own are ~1/6 of
 the matmul peak on MNIST's small images. oneDNN's blocked-layout kernels (Winograd F(4x4, 3x3)
-for conv2) train the seed model ~1.3x faster than digitjax's matmul and Winograd convolutions.
+for conv2) train the seed model ~1.4x faster than digitjax's matmul and Winograd convolutions.
 
 `onednn_conv.cc` is compiled once per machine with g++ against Debian's oneDNN
 (`apt-get install g++ libdnnl-dev`; or $DNNLROOT for another install) into
@@ -172,8 +172,8 @@ _conv_blocked.defvjp(_conv_blocked_fwd, _conv_blocked_bwd)
 
 
 def conv(x_BxHxWxC: jax.Array, kernel_HWIO: jax.Array, bias_O: jax.Array | None, pad: int) -> jax.Array:
-    """A stride-1 convolution padded by `pad` on every side, plus the bias; NHWC in and out,
-    differentiable. Only where `supports` says so."""
+    """A stride-1 float32 convolution padded by `pad` on every side, plus the bias; NHWC in and
+    out, differentiable. Only where `supports` says so."""
     kh, kw, _, cout = kernel_HWIO.shape
     if not supports(*x_BxHxWxC.shape, cout, kh, kw, pad):
         raise ValueError(f"oneDNN has no convolution of {x_BxHxWxC.shape} by {kernel_HWIO.shape} padded by {pad}")

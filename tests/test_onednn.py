@@ -108,6 +108,15 @@ def test_reference_kernels_are_refused_and_conv_uses_digitjax_own():
     np.testing.assert_allclose(ours(x), xla(x), atol=1e-5)
 
 
+def test_conv_of_another_dtype_than_float32_uses_digitjax_own():
+    ours = model_lib.Conv(16, 32, (3, 3), rngs=nnx.Rngs(0))
+    xla = nnx.Conv(16, 32, (3, 3), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 12, 12, 16), jnp.bfloat16)
+    hlo = nnx.jit(lambda conv, x: conv(x)).lower(ours, x).as_text()
+    assert "digitjax_conv" not in hlo
+    np.testing.assert_allclose(ours(x), xla(x), atol=0.02)  # bfloat16's rounding
+
+
 @needs_onednn
 def test_seed_training_step_runs_its_convolutions_in_onednn():
     config = bench.load_config(str(train.EXPERIMENTS / "seed.py"))
