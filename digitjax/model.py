@@ -48,18 +48,19 @@ class Conv(nnx.Conv):
     def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
         kh, kw, cin, cout = self.kernel.shape
         batch = x_BxHxWxC.shape[0]
+        unit = self.strides in (1, (1, 1)) and self.kernel_dilation in (1, (1, 1))
+        if not unit or not isinstance(self.padding, str) or self.padding not in ("SAME", "VALID"):
+            return super().__call__(x_BxHxWxC)
         same = kh // 2 if kh == kw and kh % 2 else None  # symmetric 'SAME' padding
-        pad = {"VALID": 0, "SAME": same}.get(self.padding) if isinstance(self.padding, str) else None
-        plain = pad is not None and self.strides in (1, (1, 1)) and self.kernel_dilation in (1, (1, 1))
+        pad = {"VALID": 0, "SAME": same}[self.padding]
         float32 = x_BxHxWxC.dtype == self.kernel.dtype == jnp.float32  # what the FFI handlers take
-        if plain and float32 and batch <= self.MAX_BATCH and onednn.supports(*x_BxHxWxC.shape, cout, kh, kw, pad):
+        fits = pad is not None and float32 and batch <= self.MAX_BATCH
+        if fits and onednn.supports(*x_BxHxWxC.shape, cout, kh, kw, pad):
             return onednn.conv(x_BxHxWxC, self.kernel[...], self.bias[...] if self.bias is not None else None, pad)
         if not 1 < batch <= self.MAX_BATCH:
             return super().__call__(x_BxHxWxC)
         if self.padding == "SAME":
             x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
-        elif self.padding != "VALID" or self.strides not in (1, (1, 1)) or self.kernel_dilation not in (1, (1, 1)):
-            return super().__call__(x_BxHxWxC)
         h, w = x_BxHxWxC.shape[1] - kh + 1, x_BxHxWxC.shape[2] - kw + 1
         if (kh, kw) == (3, 3) and cin > 1 and h % 2 == 0 and w % 2 == 0 and jax.default_backend() == "cpu":
             y = winograd.conv3x3(x_BxHxWxC, self.kernel[...])

@@ -114,3 +114,10 @@ def test_winograd_conv3x3_and_its_gradients_match_xla_conv():
         assert rel_err(ours, reference) < 1e-5
     with pytest.raises(ValueError, match="even output"):
         winograd.conv3x3(x[:, :13], kernel)
+
+
+def test_strided_conv_is_xla_own():
+    ours = model_lib.Conv(8, 16, (3, 3), strides=2, rngs=nnx.Rngs(0))
+    xla = nnx.Conv(8, 16, (3, 3), strides=2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (4, 12, 12, 8))
+    np.testing.assert_allclose(ours(x), xla(x), atol=1e-5)
