@@ -38,11 +38,10 @@ BLOCK = 16
 _HANDLERS = ("Forward", "BackwardData", "BackwardWeights")
 
 
-def _compile_command(out: Path) -> list[str]:
-    root = os.environ.get("DNNLROOT")
-    extra = [f"-I{root}/include", f"-L{root}/lib", f"-Wl,-rpath,{root}/lib"] if root else []
+def _compile_command(compiler: str, dnnl_root: str, out: Path) -> list[str]:
+    extra = [f"-I{dnnl_root}/include", f"-L{dnnl_root}/lib", f"-Wl,-rpath,{dnnl_root}/lib"] if dnnl_root else []
     return [
-        os.environ.get("CXX", "g++"),
+        compiler,
         *("-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}"),
         *extra,
         str(SOURCE),
@@ -55,20 +54,22 @@ def _compile_command(out: Path) -> list[str]:
 def _build() -> Path:
     """The compiled library, built on first use; keyed by the source, jaxlib, the compiler and
     oneDNN's root, not by paths, so that every checkout and environment shares one build."""
+    compiler, dnnl_root = os.environ.get("CXX", "g++"), os.environ.get("DNNLROOT", "")
     key = hashlib.sha256(SOURCE.read_bytes())
-    for part in (jaxlib.__version__, os.environ.get("CXX", "g++"), os.environ.get("DNNLROOT", "")):
+    for part in (jaxlib.__version__, compiler, dnnl_root):
         key.update(b"\0" + part.encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "digitjax"
     library = cache / f"onednn_conv-{key.hexdigest()[:16]}.so"
     if library.exists():
         return library
-    if shutil.which(_compile_command(library)[0]) is None:
+    if shutil.which(compiler) is None:
         raise RuntimeError("no C++ compiler (apt-get install g++)")
     cache.mkdir(parents=True, exist_ok=True)
     logging.info("Compiling digitjax's oneDNN convolutions into %s (once, a few seconds).", library)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # built aside, then renamed: processes may race
         built = Path(tmp) / library.name
-        proc = subprocess.run(_compile_command(built), capture_output=True, text=True, timeout=600)
+        command = _compile_command(compiler, dnnl_root, built)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if proc.returncode:
             lines = proc.stderr.strip().splitlines()
             reason = next((line for line in lines if "error" in line), lines[-1] if lines else "no output")

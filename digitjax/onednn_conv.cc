@@ -4,7 +4,7 @@
 // Arrays: x (N, ceil(IC/16), H, W, 16), or (N, 1, H, W, 1) for one input channel; y and dy
 // (N, ceil(OC/16), OH, OW, 16); w and dw HWIO, db (OC,). Channels past IC or OC are zeros.
 // oneDNN's fast kernels want channels in blocks of 16 (nChw16c); weights are tiny, so they are
-// reordered here on every call.
+// reordered to and from HWIO here on every call.
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -92,8 +92,18 @@ struct Conv {
     fwd = dnnl::convolution_forward(fwd_pd);
     bwd_w = dnnl::convolution_backward_weights(bwd_w_pd);
     if (s.ic > 1) bwd_d = dnnl::convolution_backward_data(bwd_d_pd);
+    fwd_w = Reorder(hwio, fwd_pd.weights_desc());
+    if (s.ic > 1) bwd_d_w = Reorder(hwio, bwd_d_pd.weights_desc());
+    bwd_w_w = Reorder(bwd_w_pd.diff_weights_desc(), hwio);
+  }
+  // Empty where the two layouts are the same.
+  static dnnl::reorder Reorder(const memory::desc& from, const memory::desc& to) {
+    return from == to ? dnnl::reorder() : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
   }
   memory::desc src, dst, hwio;
+  // The weights' reorders: HWIO to the forward's and the input gradient's layouts, and the
+  // weight gradient's layout back to HWIO.
+  dnnl::reorder fwd_w, bwd_d_w, bwd_w_w;
   dnnl::convolution_forward::primitive_desc fwd_pd;
   dnnl::convolution_backward_data::primitive_desc bwd_d_pd;
   dnnl::convolution_backward_weights::primitive_desc bwd_w_pd;
@@ -122,12 +132,13 @@ memory Scratchpad(const dnnl::primitive_desc_base& pd) {
   return memory(md, Engine(), scratch.Get(kScratchpad, md.get_size()));
 }
 
-// The HWIO weights in the layout `want`, reordered into scratch if it differs.
-memory Weights(dnnl::stream& stream, const Conv& c, const memory::desc& want, float* hwio) {
+// The HWIO weights in the layout `want`, reordered into scratch by `reorder` unless it is empty.
+memory Weights(dnnl::stream& stream, const Conv& c, const dnnl::reorder& reorder, const memory::desc& want,
+               float* hwio) {
   memory user(c.hwio, Engine(), hwio);
-  if (want == c.hwio) return user;
+  if (!reorder) return user;
   memory m(want, Engine(), scratch.Get(kWeights, want.get_size()));
-  dnnl::reorder(user, m).execute(stream, user, m);
+  reorder.execute(stream, user, m);
   return m;
 }
 
@@ -151,7 +162,7 @@ ffi::Error Run(Dims x, Dims w, int64_t pad, F f) {
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t pad) {
   return Run(x.dimensions(), w.dimensions(), pad, [&](Conv& c, dnnl::stream& stream) {
     c.fwd.execute(stream, {{DNNL_ARG_SRC, memory(c.src, Engine(), x.typed_data())},
-                           {DNNL_ARG_WEIGHTS, Weights(stream, c, c.fwd_pd.weights_desc(), w.typed_data())},
+                           {DNNL_ARG_WEIGHTS, Weights(stream, c, c.fwd_w, c.fwd_pd.weights_desc(), w.typed_data())},
                            {DNNL_ARG_DST, memory(c.dst, Engine(), y->typed_data())},
                            {DNNL_ARG_SCRATCHPAD, Scratchpad(c.fwd_pd)}});
   });
@@ -162,7 +173,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::B
   return Run(x.dimensions(), w.dimensions(), pad, [&](Conv& c, dnnl::stream& stream) {
     if (!c.bwd_d) throw dnnl::error(dnnl_invalid_arguments, "no input gradient for one input channel");
     c.bwd_d.execute(stream, {{DNNL_ARG_DIFF_DST, memory(c.dst, Engine(), dy.typed_data())},
-                             {DNNL_ARG_WEIGHTS, Weights(stream, c, c.bwd_d_pd.weights_desc(), w.typed_data())},
+                             {DNNL_ARG_WEIGHTS, Weights(stream, c, c.bwd_d_w, c.bwd_d_pd.weights_desc(), w.typed_data())},
                              {DNNL_ARG_DIFF_SRC, memory(c.src, Engine(), dx->typed_data())},
                              {DNNL_ARG_SCRATCHPAD, Scratchpad(c.bwd_d_pd)}});
   });
@@ -173,13 +184,13 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi
   return Run(x.dimensions(), w.dimensions(), pad, [&](Conv& c, dnnl::stream& stream) {
     auto want = c.bwd_w_pd.diff_weights_desc();
     memory user(c.hwio, Engine(), dw->typed_data());
-    memory m = want == c.hwio ? user : memory(want, Engine(), scratch.Get(kWeights, want.get_size()));
+    memory m = c.bwd_w_w ? memory(want, Engine(), scratch.Get(kWeights, want.get_size())) : user;
     c.bwd_w.execute(stream, {{DNNL_ARG_SRC, memory(c.src, Engine(), x.typed_data())},
                              {DNNL_ARG_DIFF_DST, memory(c.dst, Engine(), dy.typed_data())},
                              {DNNL_ARG_DIFF_WEIGHTS, m},
                              {DNNL_ARG_DIFF_BIAS, memory(c.bwd_w_pd.diff_bias_desc(), Engine(), db->typed_data())},
                              {DNNL_ARG_SCRATCHPAD, Scratchpad(c.bwd_w_pd)}});
-    if (!(want == c.hwio)) dnnl::reorder(m, user).execute(stream, m, user);
+    if (c.bwd_w_w) c.bwd_w_w.execute(stream, m, user);
   });
 }
 

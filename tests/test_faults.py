@@ -63,9 +63,14 @@ def _wait_until(proc: subprocess.Popen, done, what: str, timeout: float = 300) -
         time.sleep(0.001)
 
 
-def _kill_at_random_step(proc, workdir: Path, rng: random.Random, before: int = TOTAL_STEPS - 12) -> str:
+def _random_step(workdir: Path, rng: random.Random, before: int) -> int:
+    """A step past the run's progress, before `before` where there is room."""
     start = _progress(workdir)
-    target = rng.randrange(start + 1, max(start + 2, before))
+    return rng.randrange(start + 1, max(start + 2, before))
+
+
+def _kill_at_random_step(proc, workdir: Path, rng: random.Random, before: int = TOTAL_STEPS - 12) -> str:
+    target = _random_step(workdir, rng, before)
     _wait_until(proc, lambda: _progress(workdir) >= target, f"step {target}")
     time.sleep(rng.uniform(0, 0.3))  # anywhere: in a dispatch, an evaluation or a save
     proc.kill()
@@ -114,7 +119,7 @@ def test_three_sigkills_and_a_sigterm_resume_bit_identical(tmp_path, start_train
     assert landed, log
 
     proc = start_training(workdir, *FAULTS)
-    target = rng.randrange(_progress(workdir) + 1, max(_progress(workdir) + 2, 2 * TOTAL_STEPS // 3))
+    target = _random_step(workdir, rng, before=2 * TOTAL_STEPS // 3)
     _wait_until(proc, lambda: _progress(workdir) >= target, f"step {target}")
     proc.send_signal(signal.SIGTERM)
     sent = time.perf_counter()
