@@ -12,17 +12,21 @@ inference. Records the JAX version, device kind and core count with the figures.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import flags
 from flax import nnx
+from ml_collections import config_flags
 
-from digitjax import metrics, onednn, train
+from digitjax import conv, metrics, onednn, train
 from digitjax import model as model_lib
 
 
@@ -46,20 +50,21 @@ def load_config(path: str):
     return module.get_config()
 
 
-def synthetic_run(config, n: int = 60000, baseline: bool = False):
+def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The plain Flax NNX way digitjax started from, as a config: XLA's own convolutions and one
+    jitted dispatch per step."""
+    baseline = ml_collections.ConfigDict(config.to_dict())
+    baseline.conv, baseline.steps_per_dispatch = "xla", 1
+    return baseline
+
+
+def synthetic_run(config, n: int = 60000):
     """Random uint8 images and labels of MNIST's shape on the device, the epoch's batch order, and a
-    fresh model, optimizer and metrics of `config`: what `train.train_steps` takes.
-    baseline: the model with XLA's own convolutions instead of `model.Conv`."""
+    fresh model, optimizer and metrics of `config`: what `train.train_steps` takes."""
     rng = np.random.default_rng(0)
     images, labels = jax.device_put((rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.int32)))
     steps_per_epoch = n // config.batch_size
-    patch_conv = model_lib.Conv
-    if baseline:
-        model_lib.Conv = nnx.Conv
-    try:
-        model = model_lib.create(config.model, config.seed)
-    finally:
-        model_lib.Conv = patch_conv
+    model = train.create_model(config)
     tx, _ = train.make_optimizer(config, steps_per_epoch * config.num_epochs)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
@@ -69,23 +74,35 @@ def synthetic_run(config, n: int = 60000, baseline: bool = False):
 
 
 def step_flops(model, optimizer, metrics, images, labels, order) -> float:
-    graphdef, state = nnx.split((model, optimizer, metrics))
-    args = (graphdef, None, 0.0, None, state, images, labels, order, 0, 1, jax.random.key(0))
-    return train._train_steps.lower(*args).compile().cost_analysis()["flops"]
+    lowered = train.lower_train_steps(model, optimizer, metrics, images, labels, order, jax.random.key(0))
+    return lowered.compile().cost_analysis()["flops"]
 
 
-def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
-    """baseline: the plain Flax NNX way digitjax started from, for comparison: XLA's own
-    convolutions and one `nnx.jit` dispatch per step."""
-    model, optimizer, metrics, images, labels, order = synthetic_run(config, n, baseline)
+def dispatches(first: int, steps: int, per_dispatch: int, steps_per_epoch: int) -> list[tuple[int, int]]:
+    """(batch index in the epoch, step count) of each dispatch for `steps` steps from step `first`:
+    none crosses the end of an epoch, as in the trainer, so no batch index runs past the epoch's."""
+    out, step = [], first
+    while step < first + steps:
+        index = step % steps_per_epoch
+        count = min(per_dispatch, first + steps - step, steps_per_epoch - index)
+        out.append((index, count))
+        step += count
+    return out
+
+
+def bench(config, steps: int, n: int = 60000, variant: str = "digitjax") -> dict:
+    """Times `config`'s training steps (`steps_per_dispatch` of them a dispatch; a plain jitted step
+    for one) and its batched inference."""
+    model, optimizer, metrics, images, labels, order = synthetic_run(config, n)
     key = jax.random.key(0)
+    steps_per_epoch = len(order)
 
     def run(first, count):
-        if baseline:
-            for index in range(first, first + count):
+        for index, k in dispatches(first, count, config.steps_per_dispatch, steps_per_epoch):
+            if config.steps_per_dispatch == 1:
                 train.train_step(model, optimizer, metrics, None, images, labels, order, index, key)
-        else:
-            train.train_steps(model, optimizer, metrics, images, labels, order, first, count, key)
+            else:
+                train.train_steps(model, optimizer, metrics, images, labels, order, index, k, key)
         jax.block_until_ready(nnx.state(optimizer))
 
     start = time.perf_counter()
@@ -93,15 +110,15 @@ def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
     compile_s = time.perf_counter() - start
     run(1, 2)  # one warm call
     start = time.perf_counter()
-    for first in range(3, 3 + steps, config.steps_per_dispatch):
-        run(first, min(config.steps_per_dispatch, 3 + steps - first))
+    run(3, steps)
     train_s = time.perf_counter() - start
     images_per_s = steps * config.batch_size / train_s
 
     # FLOPs of one training step, from XLA's own count of the compiled single step: as executed
     # (oneDNN's custom calls count none), and as the same model with XLA's direct convolutions.
     flops = step_flops(model, optimizer, metrics, images, labels, order)
-    direct_flops = flops if baseline else step_flops(*synthetic_run(config, n, baseline=True))
+    direct = baseline_config(config)
+    direct_flops = flops if config.conv == "xla" else step_flops(*synthetic_run(direct, config.batch_size * 2))
     peak = matmul_peak_gflops()
 
     model.eval()
@@ -115,11 +132,15 @@ def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
     inference = 5000 / (time.perf_counter() - start)
 
     achieved = flops * steps / train_s / 1e9
+    routes = conv.plan(model, (config.batch_size, *model_lib.INPUT_SHAPE))
     return {
-        "variant": "baseline" if baseline else "digitjax",
+        "variant": variant,
         "model": config.model,
         "batch_size": config.batch_size,
         "steps_per_dispatch": config.steps_per_dispatch,
+        "conv": config.conv,
+        "conv_routes": {c.layer: c.route for c in routes},
+        "onednn_kernels": {c.layer: c.note for c in routes if c.route == "onednn"},
         "train_images_per_s": images_per_s,
         "seconds_per_epoch": 60000 / images_per_s,
         "compile_s": compile_s,
@@ -132,11 +153,25 @@ def bench(config, steps: int, n: int = 60000, baseline: bool = False) -> dict:
         # formulations that execute fewer FLOPs for the same step (Winograd).
         "effective_share_of_matmul_peak": direct_flops * steps / train_s / 1e9 / peak,
         "inference_images_per_s": inference,
-        "onednn_convolutions": not baseline and onednn.available(),
         "jax": jax.__version__,
         "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
         "cpu_cores": os.cpu_count(),
+        "cpu_isa": cpu_isa(),
+    }
+
+
+def cpu_isa() -> dict:
+    """What the CPU offers and the caps in force: the routes' speed depends on them."""
+    flags = set()
+    with contextlib.suppress(OSError):
+        flags = set(next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split())
+    return {
+        "avx512f": "avx512f" in flags,
+        "avx2": "avx2" in flags,
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+        "onednn_block": onednn.block() if onednn.available() else None,
     }
 
 
@@ -179,30 +214,50 @@ def run_peer(peer: str, batch_size: int, steps: int, runs: int = 2) -> list[dict
     return [best | {"images_per_s_of_each_run": [r["train_images_per_s"] for r in results]}]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(train.EXPERIMENTS / "seed.py"))
-    parser.add_argument("--steps", type=int, default=100, help="timed training steps")
-    parser.add_argument("--smoke", action="store_true", help="a few steps only, to check it runs")
-    parser.add_argument("--baseline", action="store_true", help="also time XLA convs with one dispatch per step")
-    parser.add_argument(
-        "--peers", action="store_true", help="also time the seed model in PyTorch and Keras, best of 2 runs each"
-    )
-    parser.add_argument(
-        "--accuracy",
-        action="store_true",
-        help="also train the recipe on MNIST: time to 99.0%% and 99.5%% test accuracy",
-    )
-    args = parser.parse_args()
-    config = load_config(args.config)
-    steps = 4 if args.smoke else args.steps
-    results = [bench(config, steps, baseline=True)] if args.baseline else []
+# Flags of their own (the trainer's module defines --config too).
+FLAGS = flags.FlagValues()
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    str(train.EXPERIMENTS / "seed.py"),
+    "Config file; fields can be overridden, e.g. --config.conv=xla.",
+    flag_values=FLAGS,
+)
+_STEPS = flags.DEFINE_integer("steps", 100, "Timed training steps.", flag_values=FLAGS)
+_SMOKE = flags.DEFINE_bool("smoke", False, "A few steps only, to check it runs.", flag_values=FLAGS)
+_BASELINE = flags.DEFINE_bool(
+    "baseline", False, "Also time the baseline config: conv=xla, one step a dispatch.", flag_values=FLAGS
+)
+_PEERS = flags.DEFINE_bool(
+    "peers", False, "Also time the seed model in PyTorch and Keras, best of 2 runs each.", flag_values=FLAGS
+)
+_ACCURACY = flags.DEFINE_bool(
+    "accuracy", False, "Also train the recipe on MNIST: time to 99.0% and 99.5%.", flag_values=FLAGS
+)
+
+
+def main(argv: list[str]) -> None:
+    try:
+        FLAGS(argv)
+        config = _CONFIG.value
+    except (flags.Error, AttributeError, KeyError, OSError) as e:
+        sys.exit(
+            f"{e}\nusage: python -m digitjax.bench --config experiments/seed.py [--config.conv=xla] [--steps N] "
+            "[--baseline] [--peers] [--accuracy] [--smoke]"
+        )
+    steps = 4 if _SMOKE.value else _STEPS.value
+    results = [bench(baseline_config(config), steps, variant="baseline")] if _BASELINE.value else []
     results.append(bench(config, steps))
-    if args.accuracy:
+    if _ACCURACY.value:
         results[-1] |= time_to_accuracy(config)
-    if args.peers:
+    if _PEERS.value:
         for peer in ("torch_seed", "keras_seed"):  # optional extras: skipped when not installed
             results += run_peer(peer, config.batch_size, steps)
+    print_table(results)
+    for r in results:
+        print(json.dumps(r))
+
+
+def print_table(results: list[dict]) -> None:
     columns = (
         f"{'batch':>6}{'train img/s':>13}{'s/epoch':>9}{'compile s':>11}{'% peak':>8}{'eff. %':>8}{'infer img/s':>13}"
     )
@@ -216,22 +271,20 @@ def main() -> None:
         )
     r = next(r for r in results if r["variant"] == "digitjax")
     print(
-        f"{r['step_gflop']:.2f} GFLOP per step executed by XLA"
-        f"{' (and convolutions by oneDNN)' if r['onednn_convolutions'] else ''}, "
+        f"conv={r['conv']}: " + ", ".join(f"{k} {v}" for k, v in r["conv_routes"].items()) + "; "
+        f"{r['step_gflop']:.2f} GFLOP per step executed by XLA (none counted in oneDNN's calls), "
         f"{r['direct_conv_step_gflop']:.2f} with direct convolutions (eff. % counts those); "
         f"{r['achieved_gflops']:.1f} GFLOP/s of a measured "
         f"{r['matmul_peak_gflops']:.0f} GFLOP/s fp32 matmul peak; jax {r['jax']} on {r['devices']}x "
-        f"{r['device_kind']}, {r['cpu_cores']} cores"
+        f"{r['device_kind']}, {r['cpu_cores']} cores, {r['cpu_isa']}"
     )
-    if args.accuracy:
+    if "final_test_accuracy" in r:
         reached = {t: r[f"seconds_to_{t:.1%}"] for t in metrics.TARGETS}
         print(
             f"trained on MNIST: test accuracy {r['final_test_accuracy']:.2%} after {r['train_seconds']:.1f} s; "
             + "; ".join(f"{t:.1%} after {'(not reached)' if s is None else f'{s:.1f} s'}" for t, s in reached.items())
         )
-    for r in results:
-        print(json.dumps(r))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

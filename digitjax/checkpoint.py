@@ -428,7 +428,9 @@ def load_for_inference(workdir: str | Path, step: int | None = None, device: jax
             )
         config_dict, meta = _read_json_items(mngr, step)
         config = ml_collections.ConfigDict(config_dict)
-        graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: model_lib.create(config.model, seed=0)))
+        # conv="auto": the route is this machine's (the parameters are the same on every route).
+        create = functools.partial(model_lib.create, config.model, seed=0, conv="auto")
+        graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         target = _abstract(nnx.to_pure_dict(abstract_state), sharding)
         # Runs that average their weights evaluate and serve the average.

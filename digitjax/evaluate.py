@@ -86,8 +86,9 @@ def confusion_matrix(labels_N: np.ndarray, predictions_N: np.ndarray) -> np.ndar
 
 
 def report(workdir: Path, step: int | None, data_dir: str | None, mnist_dir: str | None, plots: bool) -> dict:
-    from digitjax import checkpoint, data
+    from digitjax import checkpoint, data, onednn
 
+    onednn.prepare()  # conv=auto may use it: built before anything is traced
     restored = checkpoint.load_for_inference(workdir, step)
     for note in restored.notes:
         print(note, file=sys.stderr)

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from digitjax import onednn, winograd
+from digitjax.conv import Conv
 
 NUM_CLASSES = 10
+INPUT_SHAPE = (28, 28, 1)  # what `to_input` makes of one image: HWC
 
 
 def to_input(images_BxHxW: jax.Array) -> jax.Array:
@@ -26,59 +27,12 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
     return x_BxHxWxC[:, : h - h % 2, : w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class Conv(nnx.Conv):
-    """nnx.Conv (same parameters) computed other ways than XLA's CPU convolutions, which reach
-    ~1/6 of the matmul peak on these small images, and are ~7x slower still inside the
-    trainer's fori_loop.
-
-    On a CPU, oneDNN's convolutions come first (`onednn.conv`; Winograd F(4x4, 3x3) where the
-    channels fill blocks of 16), where digitjax could build them and oneDNN has a fast kernel
-    for the shape: they train the seed model ~1.4x faster than the matmuls below. Otherwise a
-    3x3 kernel over more than one input channel with an even output goes through
-    `winograd.conv3x3` (2.25x fewer multiplies; not measured on accelerators, so not used
-    there); any other gathers the kh*kw shifted views into the channel axis for a single dot
-    (exact). All three copy the input, a copy that grows with the batch: past MAX_BATCH
-    (evaluation's large batches) XLA's own convolution is faster again (5x than the matmuls at
-    1,000 images), and for the single images of serving it is slightly faster than the
-    matmuls too, so it takes over for both.
-    """
-
-    MAX_BATCH = 256
-
-    def __call__(self, x_BxHxWxC: jax.Array) -> jax.Array:
-        kh, kw, cin, cout = self.kernel.shape
-        batch = x_BxHxWxC.shape[0]
-        unit = self.strides in (1, (1, 1)) and self.kernel_dilation in (1, (1, 1))
-        if not unit or not isinstance(self.padding, str) or self.padding not in ("SAME", "VALID"):
-            return super().__call__(x_BxHxWxC)
-        same = kh // 2 if kh == kw and kh % 2 else None  # symmetric 'SAME' padding
-        pad = {"VALID": 0, "SAME": same}[self.padding]
-        float32 = x_BxHxWxC.dtype == self.kernel.dtype == jnp.float32  # what the FFI handlers take
-        fits = pad is not None and float32 and batch <= self.MAX_BATCH
-        if fits and onednn.supports(*x_BxHxWxC.shape, cout, kh, kw, pad):
-            return onednn.conv(x_BxHxWxC, self.kernel[...], self.bias[...] if self.bias is not None else None, pad)
-        if not 1 < batch <= self.MAX_BATCH:
-            return super().__call__(x_BxHxWxC)
-        if self.padding == "SAME":
-            x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), (kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2), (0, 0)))
-        h, w = x_BxHxWxC.shape[1] - kh + 1, x_BxHxWxC.shape[2] - kw + 1
-        if (kh, kw) == (3, 3) and cin > 1 and h % 2 == 0 and w % 2 == 0 and jax.default_backend() == "cpu":
-            y = winograd.conv3x3(x_BxHxWxC, self.kernel[...])
-        else:
-            # Stacked a row of shifts at a time: XLA's CPU fusion leaves a concatenate of more
-            # than 8 operands as a separate, single-threaded copy.
-            rows = [jnp.stack([x_BxHxWxC[:, i : i + h, j : j + w] for j in range(kw)], 3) for i in range(kh)]
-            columns = jnp.stack(rows, 3).reshape(*x_BxHxWxC.shape[:1], h, w, kh * kw * cin)
-            y = columns @ self.kernel[...].reshape(kh * kw * cin, cout)
-        return y + self.bias[...] if self.bias is not None else y
-
-
 class Seed(nnx.Module):
     """The classic Keras MNIST CNN: two 3x3 convs, max-pool, dropout, dense 256, dropout."""
 
-    def __init__(self, *, rngs: nnx.Rngs):
-        self.conv1 = Conv(1, 32, (3, 3), padding="VALID", rngs=rngs)
-        self.conv2 = Conv(32, 64, (3, 3), padding="VALID", rngs=rngs)
+    def __init__(self, *, rngs: nnx.Rngs, conv: str = "auto"):
+        self.conv1 = Conv(1, 32, (3, 3), padding="VALID", route=conv, rngs=rngs)
+        self.conv2 = Conv(32, 64, (3, 3), padding="VALID", route=conv, rngs=rngs)
         self.drop1 = nnx.Dropout(0.25)
         self.dense1 = nnx.Linear(12 * 12 * 64, 256, rngs=rngs)
         self.drop2 = nnx.Dropout(0.5)
@@ -98,11 +52,11 @@ class Fast(nnx.Module):
     """A third of Seed's FLOPs: 'same' convs with a pool after each, batch norm for a high
     learning rate, and a narrow dense head."""
 
-    def __init__(self, *, rngs: nnx.Rngs, widths: tuple[int, int] = (32, 64)):
+    def __init__(self, *, rngs: nnx.Rngs, conv: str = "auto", widths: tuple[int, int] = (32, 64)):
         w1, w2 = widths
-        self.conv1 = Conv(1, w1, (3, 3), use_bias=False, rngs=rngs)
+        self.conv1 = Conv(1, w1, (3, 3), use_bias=False, route=conv, rngs=rngs)
         self.bn1 = nnx.BatchNorm(w1, momentum=0.9, rngs=rngs)
-        self.conv2 = Conv(w1, w2, (3, 3), use_bias=False, rngs=rngs)
+        self.conv2 = Conv(w1, w2, (3, 3), use_bias=False, route=conv, rngs=rngs)
         self.bn2 = nnx.BatchNorm(w2, momentum=0.9, rngs=rngs)
         self.drop = nnx.Dropout(0.25)
         self.dense1 = nnx.Linear(7 * 7 * w2, 128, rngs=rngs)
@@ -122,9 +76,9 @@ class Deep(nnx.Module):
     """For the best accuracy: two blocks of two batch-normed 3x3 convs, each block pooled,
     then dense 256; ~5x Fast's FLOPs."""
 
-    def __init__(self, *, rngs: nnx.Rngs, width: int = 32):
+    def __init__(self, *, rngs: nnx.Rngs, conv: str = "auto", width: int = 32):
         widths = [(1, width), (width, width), (width, 2 * width), (2 * width, 2 * width)]
-        self.convs = nnx.List([Conv(i, o, (3, 3), use_bias=False, rngs=rngs) for i, o in widths])
+        self.convs = nnx.List([Conv(i, o, (3, 3), use_bias=False, route=conv, rngs=rngs) for i, o in widths])
         self.norms = nnx.List([nnx.BatchNorm(o, momentum=0.9, rngs=rngs) for _, o in widths])
         self.drop = nnx.Dropout(0.3)
         self.dense1 = nnx.Linear(7 * 7 * 2 * width, 256, rngs=rngs)
@@ -150,10 +104,11 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
-def create(name: str, seed: int, **kwargs) -> nnx.Module:
-    """Builds a model of the zoo with parameters drawn from `seed`."""
+def create(name: str, seed: int, conv: str = "auto", **kwargs) -> nnx.Module:
+    """Builds a model of the zoo with parameters drawn from `seed`, its convolutions computed by
+    route `conv` (digitjax/conv.py)."""
     from digitjax.errors import UserError
 
     if name not in MODELS:
         raise UserError(f"Unknown model {name!r}; the config's `model` must be one of {sorted(MODELS)}.")
-    return MODELS[name](rngs=nnx.Rngs(params=seed), **kwargs)
+    return MODELS[name](rngs=nnx.Rngs(params=seed), conv=conv, **kwargs)

@@ -1,10 +1,10 @@
 // 2-D convolutions by oneDNN as XLA FFI handlers, for XLA's CPU backend: see digitjax/onednn.py,
 // which compiles this file and registers the handlers.
 //
-// Arrays: x (N, ceil(IC/16), H, W, 16), or (N, 1, H, W, 1) for one input channel; y and dy
-// (N, ceil(OC/16), OH, OW, 16); w and dw HWIO, db (OC,). Channels past IC or OC are zeros.
-// oneDNN's fast kernels want channels in blocks of 16 (nChw16c); weights are tiny, so they are
-// reordered to and from HWIO here on every call.
+// Arrays: x (N, ceil(IC/K), H, W, K), or (N, 1, H, W, 1) for one input channel; y and dy
+// (N, ceil(OC/K), OH, OW, K); w and dw HWIO, db (OC,). Channels past IC or OC are zeros. K is the
+// channel block of oneDNN's fast kernels on this CPU (DigitjaxConvBlock: 16 with AVX-512, 8 with
+// AVX2), read from the arrays' last axis.
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -52,24 +52,41 @@ thread_local Scratch scratch;
 enum Slot { kScratchpad, kWeights };
 
 struct Shape {
-  int64_t n, ic, h, w, oc, kh, kw, pad;
-  auto Key() const { return std::make_tuple(n, ic, h, w, oc, kh, kw, pad); }
+  int64_t n, ic, h, w, oc, kh, kw, pad, block;
+  auto Key() const { return std::make_tuple(n, ic, h, w, oc, kh, kw, pad, block); }
 };
 
+tag Blocked(int64_t block) { return block == 16 ? tag::nChw16c : tag::nChw8c; }
+
+// The channel block oneDNN's own kernels choose on this CPU (under ONEDNN_MAX_CPU_ISA too): asked
+// by letting it pick the layouts of a typical convolution. 0 where it picks a plain layout.
+int64_t PreferredBlock() {
+  memory::dims strides = {1, 1}, pad = {1, 1};
+  auto any = [](memory::dims d) { return memory::desc(d, dt::f32, tag::any); };
+  dnnl::convolution_forward::primitive_desc pd(
+      {dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, any({8, 32, 14, 14}),
+       any({32, 32, 3, 3}), any({8, 32, 14, 14}), strides, pad, pad},
+      Engine());
+  const auto& blocking = pd.src_desc().data.format_desc.blocking;
+  int64_t block = blocking.inner_nblks == 1 ? blocking.inner_blks[0] : 0;
+  return block == 8 || block == 16 ? block : 0;
+}
+
 // The three primitives of one shape, built on first use. Winograd F(4x4, 3x3) where oneDNN has
-// it (3x3 kernels, channels in whole blocks of 16), else its direct convolution.
+// it (3x3 kernels, channels in whole blocks; AVX-512 only), else its direct convolution.
+// `reference` marks shapes for which oneDNN has only its reference kernels.
 struct Conv {
   explicit Conv(const Shape& s) {
     memory::dims strides = {1, 1}, pad = {s.pad, s.pad};
     memory::dim oh = s.h + 2 * s.pad - s.kh + 1, ow = s.w + 2 * s.pad - s.kw + 1;
-    src = memory::desc({s.n, s.ic, s.h, s.w}, dt::f32, s.ic == 1 ? tag::nchw : tag::nChw16c);
-    dst = memory::desc({s.n, s.oc, oh, ow}, dt::f32, tag::nChw16c);
+    src = memory::desc({s.n, s.ic, s.h, s.w}, dt::f32, s.ic == 1 ? tag::nchw : Blocked(s.block));
+    dst = memory::desc({s.n, s.oc, oh, ow}, dt::f32, Blocked(s.block));
     hwio = memory::desc({s.oc, s.ic, s.kh, s.kw}, dt::f32, tag::hwio);
     auto weights = memory::desc({s.oc, s.ic, s.kh, s.kw}, dt::f32, tag::any);
     auto bias = memory::desc({s.oc}, dt::f32, tag::x);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    bool winograd = s.kh == 3 && s.kw == 3 && s.ic % 16 == 0 && s.oc % 16 == 0;
+    bool winograd = s.kh == 3 && s.kw == 3 && s.ic % s.block == 0 && s.oc % s.block == 0;
     for (auto alg : {dnnl::algorithm::convolution_winograd, dnnl::algorithm::convolution_direct}) {
       if (alg == dnnl::algorithm::convolution_winograd && !winograd) continue;
       try {
@@ -85,10 +102,13 @@ struct Conv {
         if (alg == dnnl::algorithm::convolution_direct) throw;
       }
     }
+    kernels = std::string("forward=") + fwd_pd.impl_info_str() + " weights=" + bwd_w_pd.impl_info_str();
+    if (s.ic > 1) kernels += std::string(" data=") + bwd_d_pd.impl_info_str();
     // oneDNN's reference kernels (odd channel counts) are far slower than digitjax's own.
     for (const char* impl : {fwd_pd.impl_info_str(), bwd_w_pd.impl_info_str(),
                              s.ic > 1 ? bwd_d_pd.impl_info_str() : ""})
-      if (std::string(impl).rfind("ref", 0) == 0) throw dnnl::error(dnnl_unimplemented, "reference kernels only");
+      reference = reference || std::string(impl).rfind("ref", 0) == 0;
+    if (reference) return;
     fwd = dnnl::convolution_forward(fwd_pd);
     bwd_w = dnnl::convolution_backward_weights(bwd_w_pd);
     if (s.ic > 1) bwd_d = dnnl::convolution_backward_data(bwd_d_pd);
@@ -101,6 +121,8 @@ struct Conv {
     return from == to ? dnnl::reorder() : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
   }
   memory::desc src, dst, hwio;
+  std::string kernels;  // the implementations oneDNN picked, by name
+  bool reference = false;
   // The weights' reorders: HWIO to the forward's and the input gradient's layouts, and the
   // weight gradient's layout back to HWIO.
   dnnl::reorder fwd_w, bwd_d_w, bwd_w_w;
@@ -112,8 +134,8 @@ struct Conv {
   dnnl::convolution_backward_weights bwd_w;
 };
 
-// nullptr where oneDNN has no convolution for this shape.
-Conv* Get(const Shape& s) {
+// nullptr where oneDNN has no convolution at all for this shape.
+Conv* Find(const Shape& s) {
   static std::mutex mu;
   static std::map<decltype(s.Key()), std::unique_ptr<Conv>> cache;
   std::lock_guard<std::mutex> lock(mu);
@@ -125,6 +147,12 @@ Conv* Get(const Shape& s) {
     }
   }
   return it->second.get();
+}
+
+// nullptr where oneDNN has no fast convolution for this shape.
+Conv* Get(const Shape& s) {
+  Conv* c = Find(s);
+  return c && !c->reference ? c : nullptr;
 }
 
 memory Scratchpad(const dnnl::primitive_desc_base& pd) {
@@ -147,7 +175,9 @@ using Dims = ffi::Buffer<ffi::F32>::Dimensions;
 template <typename F>
 ffi::Error Run(Dims x, Dims w, int64_t pad, F f) {
   if (x.size() != 5 || w.size() != 4) return ffi::Error::InvalidArgument("oneDNN convolution: bad ranks");
-  Conv* c = Get(Shape{x[0], w[2], x[2], x[3], w[3], w[0], w[1], pad});
+  static const int64_t block = PreferredBlock();
+  if (w[2] > 1 && x[4] != block) return ffi::Error::InvalidArgument("oneDNN convolution: wrong channel block");
+  Conv* c = Get(Shape{x[0], w[2], x[2], x[3], w[3], w[0], w[1], pad, block});
   if (!c) return ffi::Error::InvalidArgument("oneDNN has no convolution for this shape");
   try {
     dnnl::stream stream(Engine());
@@ -196,10 +226,25 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi
 
 }  // namespace
 
-// Whether oneDNN has a convolution for this shape: asked once per shape, while tracing.
-extern "C" int DigitjaxConvSupported(int64_t n, int64_t ic, int64_t h, int64_t w, int64_t oc, int64_t kh,
-                                     int64_t kw, int64_t pad) {
-  return Get(Shape{n, ic, h, w, oc, kh, kw, pad}) != nullptr;
+// The channel block of the arrays the handlers take on this CPU; 0 where oneDNN has no blocked kernels.
+extern "C" int64_t DigitjaxConvBlock() {
+  try {
+    static const int64_t block = PreferredBlock();
+    return block;
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+}
+
+// Writes the names of the kernels oneDNN picks for this shape into `out` (empty where it has
+// none); returns whether they are fast ones (not its reference kernels). Asked once per shape.
+extern "C" int DigitjaxConvKernels(int64_t n, int64_t ic, int64_t h, int64_t w, int64_t oc, int64_t kh, int64_t kw,
+                                   int64_t pad, char* out, int64_t size) {
+  int64_t block = DigitjaxConvBlock();
+  Conv* c = block ? Find(Shape{n, ic, h, w, oc, kh, kw, pad, block}) : nullptr;
+  std::string kernels = c ? c->kernels : "";
+  if (size > 0) out[kernels.copy(out, size - 1)] = '\0';
+  return c && !c->reference;
 }
 
 #define ARG .Arg<ffi::Buffer<ffi::F32>>()

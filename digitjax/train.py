@@ -31,7 +31,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from digitjax import augment, checkpoint, data, evaluate, parallel
+from digitjax import augment, checkpoint, conv, data, evaluate, onednn, parallel
 from digitjax import metrics as metrics_lib
 from digitjax import model as model_lib
 from digitjax.errors import UserError, exit_on_user_error
@@ -188,6 +188,13 @@ def train_steps(
     return done
 
 
+def lower_train_steps(model, optimizer, metrics, images_NxHxW, labels_N, order_SxB, dropout_key) -> jax.stages.Lowered:
+    """`train_steps`' computation for these arguments, lowered (not run): for its cost analysis and HLO."""
+    graphdef, state = nnx.split((model, optimizer, metrics))
+    args = (graphdef, None, 0.0, None, state, images_NxHxW, labels_N, order_SxB, 0, 1, dropout_key)
+    return _train_steps.lower(*args)
+
+
 def weight_average(model: nnx.Module) -> nnx.Module:
     """A copy of `model` for `_step` to average the weights into; its own buffers, since both are donated."""
     average = nnx.clone(model)
@@ -230,6 +237,32 @@ def _splits(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir: 
     if config.train_size:
         train = data.Split(train.images_NxHxW[: config.train_size], train.labels_N[: config.train_size])
     return train, evaluated
+
+
+def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
+    """The config's model with its convolution route; oneDNN's convolutions are built first (with
+    a message) where the route may use them, so that no compiler runs while a step is traced."""
+    route = config.get("conv", "auto")  # configs written before the field: auto, as then
+    if route in ("auto", "onednn") and jax.default_backend() == "cpu":
+        onednn.prepare()
+    return model_lib.create(config.model, config.seed, conv=route)
+
+
+def conv_routes(model: nnx.Module, config: ml_collections.ConfigDict, say=print) -> dict:
+    """The route of each convolution in training and in evaluation, by layer, said in one line
+    with what the run runs on; it goes into every checkpoint's metadata."""
+    plans = {
+        "train": conv.plan(model, (config.batch_size, *model_lib.INPUT_SHAPE)),
+        "eval": conv.plan(model, (config.eval_batch_size, *model_lib.INPUT_SHAPE)),
+    }
+    device, route = jax.devices()[0], config.get("conv", "auto")
+    say(
+        f"Running on {jax.default_backend()}: {jax.device_count()} x {device.device_kind}, "
+        f"{jax.process_count()} process(es); conv={route}: training {conv.summary(plans['train'])}; "
+        f"evaluation (batch {config.eval_batch_size}) {conv.summary(plans['eval'])}",
+        file=sys.stderr,
+    )
+    return {split: {c.layer: c.route for c in choices} for split, choices in plans.items()}
 
 
 def _diverged(what: str, workdir: Path) -> UserError:
@@ -281,7 +314,8 @@ def _train_and_evaluate(
     steps_per_epoch = n // batch_size
     total_steps = config.num_epochs * steps_per_epoch
 
-    model = model_lib.create(config.model, config.seed)
+    model = create_model(config)
+    routes = conv_routes(model, config, say)  # before anything is written: a route may be refused
     tx, schedule = make_optimizer(config, total_steps)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     train_metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
@@ -310,6 +344,8 @@ def _train_and_evaluate(
         "devices": devices,
         "processes": jax.process_count(),
         "jax_version": jax.__version__,
+        "conv": config.get("conv", "auto"),
+        "conv_routes": routes,
     }
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0, disable=not main)
     interval_start = (time.perf_counter(), step)

@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "fast"  # a name in digitjax.model.MODELS
     c.seed = 0  # parameters, data order and dropout all derive from it
+    c.conv = "auto"  # auto | xla | onednn | winograd | shifted (digitjax/conv.py); auto's choice is logged
     c.batch_size = 128  # images per optimizer step
     c.num_epochs = 5  # passes over the training images
     c.optimizer = "adam"  # adam | adamw | adadelta | sgd (Nesterov momentum 0.9)

@@ -58,6 +58,40 @@ def test_sigkill_then_same_command_resumes_and_finishes(trained):
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_run_says_what_it_runs_on_and_checkpoints_its_convolution_routes(trained):
+    workdir, _, _, err = trained
+    import jax
+
+    from digitjax import conv, model, onednn
+
+    # What conv=auto chooses here, computed apart from the trainer: the line and the metadata agree.
+    onednn.prepare()
+    expected = {
+        split: {c.layer: c.route for c in conv.plan(model.create("fast", seed=0), (batch, 28, 28, 1))}
+        for split, batch in (("train", 32), ("eval", 1000))
+    }
+    line = next(line for line in err.splitlines() if line.startswith("Running on "))
+    assert line.startswith(f"Running on {jax.default_backend()}: 1 x {jax.devices()[0].device_kind}, 1 process(es)")
+    assert "conv=auto: training " + ", ".join(f"{k} {v}" for k, v in expected["train"].items()) in re.sub(
+        r" \[[^]]*\]", "", line
+    )
+    meta = checkpoint.load_for_inference(workdir).meta
+    assert meta["conv"] == "auto" and meta["conv_routes"] == expected
+    assert expected["eval"] == {"conv1": "xla", "conv2": "xla"}  # evaluation's batches are XLA's on a CPU
+
+
+def test_explicit_route_that_cannot_run_is_a_clear_error(run_cli, tmp_path):
+    # Refused before a step runs or a checkpoint is written, with what to do instead.
+    proc = run_cli(
+        "digitjax.train", *SMOKE, "--workdir", str(tmp_path), "--config.conv=onednn", check=False, DIGITJAX_ONEDNN="0"
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    said = " ".join(proc.stderr.split())
+    assert "conv='onednn' cannot compute a convolution" in said
+    assert "oneDNN's convolutions are off: DIGITJAX_ONEDNN=0. Set the config's conv to 'auto'" in said
+    assert not list(tmp_path.glob("checkpoints/*"))
+
+
 def test_evaluate_json_matches_what_training_reported(trained, run_cli):
     workdir = trained[0]
     reported = {r["step"]: r["accuracy"] for r in metrics_lib.read(workdir) if r["split"] == "test"}

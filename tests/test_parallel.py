@@ -1,6 +1,7 @@
 """Data parallelism: 8 CPU devices and 2 processes on loopback train what 1 device trains."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,9 @@ STEPS = 64  # the smoke run's
 def _devices(n: int) -> dict:
     # oneDNN's convolutions (one device only) round differently from digitjax's own, which every
     # run here uses, so that 1 device is the reference the others must follow.
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "DIGITJAX_ONEDNN": "0"}
+    # Added to the caller's XLA_FLAGS: a cap such as --xla_cpu_max_isa=AVX2 stays in force.
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+    return {"XLA_FLAGS": flags, "DIGITJAX_ONEDNN": "0"}
 
 
 def _train(run_cli, workdir: Path, devices: int, *args: str, check: bool = True):
@@ -43,23 +46,33 @@ def _test_accuracy(workdir: Path) -> float:
 
 
 def _assert_same_run(workdir: Path, reference: Path, saved_arrays) -> None:
-    """The same loss curve and parameters, up to the order of float additions across devices
-    (Winograd's convolutions round a little more than direct ones: ~1e-6 on the losses, and up
-    to ~5e-5 on parameters after 64 steps)."""
+    """The same loss curve and parameters as the 1-device `reference`, up to rounding.
+
+    Device counts sum in other orders (a sharded batch's gradients, batch norm's statistics), and
+    one rounding can flip a tie in max-pooling or ReLU, which sends that element's gradient
+    elsewhere: after 64 steps single elements drift further than rounding (4e-3 relative on one
+    element of bn2's mean, reported from an AVX2 CPU). Measured here, AVX-512 and capped to AVX2:
+    losses within 1e-5 relative, each array within 1e-5 to 3.5e-3 of the reference (norm-relative;
+    the largest an Adam moment of a bias). A fault is far larger: a step size off by 10%, a
+    stand-in for gradients averaged over the wrong count, moved half the arrays by more than 0.2.
+    So the bounds are 1e-4 on the losses and 2e-2 on each array."""
     ours, theirs = np.array(_losses(workdir)), np.array(_losses(reference))
     assert len(ours) == len(theirs) > 10
-    np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
     accuracy, reference_accuracy = (_test_accuracy(w) for w in (workdir, reference))
-    assert abs(accuracy - reference_accuracy) <= 0.001
-    print(
-        f"{workdir}: max relative loss difference {np.max(np.abs(ours - theirs) / np.abs(theirs)):.2e} over "
-        f"{len(ours)} logged steps; test accuracy {accuracy:.2%} vs {reference_accuracy:.2%} on 1 device"
-    )
+    assert abs(accuracy - reference_accuracy) <= 0.002  # 20 of 10,000 test digits
     a, b = saved_arrays(workdir, STEPS), saved_arrays(reference, STEPS)
     assert a.keys() == b.keys()
+    drift = {n: float(np.linalg.norm(a[n] - b[n].astype(np.float64)) / max(np.linalg.norm(b[n]), 1e-30)) for n in a}
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-4, err_msg=name)
-    print(f"{workdir}: max absolute parameter difference {max(np.abs(a[n] - b[n]).max() for n in a):.2e}")
+        assert drift[name] < 2e-2, f"{name} is {drift[name]:.1e} away from 1 device's (norm-relative)"
+    worst = max(drift, key=drift.get)
+    print(
+        f"{workdir}: max relative loss difference {np.max(np.abs(ours - theirs) / np.abs(theirs)):.2e} over "
+        f"{len(ours)} logged steps; test accuracy {accuracy:.2%} vs {reference_accuracy:.2%} on 1 device; "
+        f"largest drift {worst} {drift[worst]:.1e} (norm-relative), largest element difference "
+        f"{max(np.abs(a[n] - b[n]).max() for n in a):.2e}"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from digitjax import checkpoint
+from digitjax import checkpoint, onednn
 from digitjax import model as model_lib
 from digitjax.errors import UserError
 
@@ -104,6 +104,7 @@ class Runs:
 
     @classmethod
     def load(cls, checkpoints_dir: str | Path, workdir: str | Path | None) -> Runs:
+        onednn.prepare()  # conv=auto may use it: built before anything is traced
         root = Path(checkpoints_dir)
         found = {p.name: p for p in sorted(root.iterdir()) if (p / "checkpoints").is_dir()} if root.is_dir() else {}
         runs: dict[str, Run] = {}
