@@ -17,10 +17,14 @@ import pytest
 
 from digitjax import bench, conv, onednn, train
 
-# Where Debian's libdnnl-dev is installed (CI installs it), the build must work: a broken build
-# would otherwise pass unnoticed, with digitjax's slower convolutions in its place.
+# Where Debian's libdnnl-dev is installed (CI installs it) and oneDNN is not switched off, the build
+# must work: a broken build would otherwise pass unnoticed, with digitjax's slower convolutions.
 INSTALLED = Path("/usr/include/oneapi/dnnl/dnnl.hpp").exists() or "DNNLROOT" in os.environ
-needs_onednn = pytest.mark.skipif(not INSTALLED, reason="oneDNN is not installed (apt-get install libdnnl-dev)")
+SWITCHED_OFF = os.environ.get(onednn.ENV_SWITCH) == "0"
+needs_onednn = pytest.mark.skipif(
+    not INSTALLED or SWITCHED_OFF,
+    reason="oneDNN is switched off (DIGITJAX_ONEDNN=0)" if SWITCHED_OFF else "oneDNN is not installed (libdnnl-dev)",
+)
 SEED_CONV2 = (128, 26, 26, 32, 64, 3, 3, 0)
 
 
@@ -81,7 +85,10 @@ def test_build_is_an_explicit_step_and_is_redone_when_stale(tmp_path):
 
 @pytest.mark.parametrize(
     "env, warning",
-    [({"DIGITJAX_ONEDNN": "0"}, None), ({"CXX": "false"}, "oneDNN convolutions off: compiling onednn_conv.cc failed")],
+    [
+        ({"DIGITJAX_ONEDNN": "0"}, None),
+        ({"CXX": "false", "DIGITJAX_ONEDNN": None}, "oneDNN convolutions off: compiling onednn_conv.cc failed"),
+    ],
 )
 def test_without_onednn_auto_uses_digitjax_own(tmp_path, env, warning):
     code = (
