@@ -54,10 +54,15 @@ def _compile_command(compiler: str, dnnl_root: str, out: Path) -> list[str]:
     ]
 
 
+def _toolchain() -> tuple[str, str]:
+    """The compiler and oneDNN's install root ("" for the system's)."""
+    return os.environ.get("CXX", "g++"), os.environ.get("DNNLROOT", "")
+
+
 def library_path() -> Path:
     """Where the build of this source lives: keyed by the source, jaxlib, the compiler and oneDNN's
     root, not by paths, so that every checkout and environment shares one build."""
-    compiler, dnnl_root = os.environ.get("CXX", "g++"), os.environ.get("DNNLROOT", "")
+    compiler, dnnl_root = _toolchain()
     key = hashlib.sha256(SOURCE.read_bytes())
     for part in (jaxlib.__version__, compiler, dnnl_root):
         key.update(b"\0" + part.encode())
@@ -67,7 +72,7 @@ def library_path() -> Path:
 
 def build() -> Path:
     """Compiles onednn_conv.cc into the cache unless it is there already, saying so on stderr."""
-    compiler, dnnl_root = os.environ.get("CXX", "g++"), os.environ.get("DNNLROOT", "")
+    compiler, dnnl_root = _toolchain()
     library = library_path()
     if library.exists():
         return library
@@ -142,9 +147,7 @@ def prepare() -> str | None:
     """The explicit step before tracing: builds the library if needed (the compiler runs here,
     never inside a trace) and loads it. Returns None when oneDNN's convolutions can be used, else
     why not, said once as a warning where that is a failure rather than a choice."""
-    if jax.default_backend() != "cpu":
-        return f"not a CPU backend ({jax.default_backend()})"
-    if not _State.compile_tried:
+    if jax.default_backend() == "cpu" and not _State.compile_tried:
         _load(compile_if_missing=True)
         if _State.library is None and not _State.off_reason.startswith(ENV_SWITCH):
             warnings.warn(f"oneDNN convolutions off: {_State.off_reason}", stacklevel=2)

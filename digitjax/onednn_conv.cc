@@ -72,6 +72,19 @@ int64_t PreferredBlock() {
   return block == 8 || block == 16 ? block : 0;
 }
 
+// The channel block of the arrays the handlers take on this CPU, asked of oneDNN once; 0 where it
+// has no blocked kernels.
+int64_t Block() {
+  static const int64_t block = [] {
+    try {
+      return PreferredBlock();
+    } catch (const dnnl::error&) {
+      return int64_t{0};
+    }
+  }();
+  return block;
+}
+
 // The three primitives of one shape, built on first use. Winograd F(4x4, 3x3) where oneDNN has
 // it (3x3 kernels, channels in whole blocks; AVX-512 only), else its direct convolution.
 // `reference` marks shapes for which oneDNN has only its reference kernels.
@@ -175,7 +188,7 @@ using Dims = ffi::Buffer<ffi::F32>::Dimensions;
 template <typename F>
 ffi::Error Run(Dims x, Dims w, int64_t pad, F f) {
   if (x.size() != 5 || w.size() != 4) return ffi::Error::InvalidArgument("oneDNN convolution: bad ranks");
-  static const int64_t block = PreferredBlock();
+  int64_t block = Block();
   if (w[2] > 1 && x[4] != block) return ffi::Error::InvalidArgument("oneDNN convolution: wrong channel block");
   Conv* c = Get(Shape{x[0], w[2], x[2], x[3], w[3], w[0], w[1], pad, block});
   if (!c) return ffi::Error::InvalidArgument("oneDNN has no convolution for this shape");
@@ -227,20 +240,13 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi
 }  // namespace
 
 // The channel block of the arrays the handlers take on this CPU; 0 where oneDNN has no blocked kernels.
-extern "C" int64_t DigitjaxConvBlock() {
-  try {
-    static const int64_t block = PreferredBlock();
-    return block;
-  } catch (const dnnl::error&) {
-    return 0;
-  }
-}
+extern "C" int64_t DigitjaxConvBlock() { return Block(); }
 
 // Writes the names of the kernels oneDNN picks for this shape into `out` (empty where it has
 // none); returns whether they are fast ones (not its reference kernels). Asked once per shape.
 extern "C" int DigitjaxConvKernels(int64_t n, int64_t ic, int64_t h, int64_t w, int64_t oc, int64_t kh, int64_t kw,
                                    int64_t pad, char* out, int64_t size) {
-  int64_t block = DigitjaxConvBlock();
+  int64_t block = Block();
   Conv* c = block ? Find(Shape{n, ic, h, w, oc, kh, kw, pad, block}) : nullptr;
   std::string kernels = c ? c->kernels : "";
   if (size > 0) out[kernels.copy(out, size - 1)] = '\0';

@@ -239,13 +239,16 @@ def _splits(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir: 
     return train, evaluated
 
 
+def conv_route(config: ml_collections.ConfigDict) -> str:
+    return config.get("conv", "auto")  # configs written before the field: auto, as then
+
+
 def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
     """The config's model with its convolution route; oneDNN's convolutions are built first (with
     a message) where the route may use them, so that no compiler runs while a step is traced."""
-    route = config.get("conv", "auto")  # configs written before the field: auto, as then
-    if route in ("auto", "onednn") and jax.default_backend() == "cpu":
+    if conv_route(config) in ("auto", "onednn"):
         onednn.prepare()
-    return model_lib.create(config.model, config.seed, conv=route)
+    return model_lib.create(config.model, config.seed, conv=conv_route(config))
 
 
 def conv_routes(model: nnx.Module, config: ml_collections.ConfigDict, say=print) -> dict:
@@ -255,10 +258,9 @@ def conv_routes(model: nnx.Module, config: ml_collections.ConfigDict, say=print)
         "train": conv.plan(model, (config.batch_size, *model_lib.INPUT_SHAPE)),
         "eval": conv.plan(model, (config.eval_batch_size, *model_lib.INPUT_SHAPE)),
     }
-    device, route = jax.devices()[0], config.get("conv", "auto")
     say(
-        f"Running on {jax.default_backend()}: {jax.device_count()} x {device.device_kind}, "
-        f"{jax.process_count()} process(es); conv={route}: training {conv.summary(plans['train'])}; "
+        f"Running on {jax.default_backend()}: {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"{jax.process_count()} process(es); conv={conv_route(config)}: training {conv.summary(plans['train'])}; "
         f"evaluation (batch {config.eval_batch_size}) {conv.summary(plans['eval'])}",
         file=sys.stderr,
     )
@@ -344,7 +346,7 @@ def _train_and_evaluate(
         "devices": devices,
         "processes": jax.process_count(),
         "jax_version": jax.__version__,
-        "conv": config.get("conv", "auto"),
+        "conv": conv_route(config),
         "conv_routes": routes,
     }
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, mininterval=1.0, disable=not main)
