@@ -5,8 +5,9 @@
     python -m digitjax.bench --config experiments/seed.py --baseline --peers   # side by side
     python -m digitjax.bench --config experiments/seed.py --smoke              # seconds, for CI
 
-Times the trainer's own `train_steps` (the dataset on the device, `steps_per_dispatch` steps a
-dispatch; a plain jitted step where that is 1, as in `baseline_config`) on random uint8 images
+Times the trainer's own `train_steps` (the config's step: its augmentation and weight average;
+the dataset on the device, `steps_per_dispatch` steps a dispatch; a plain jitted step where that
+is 1, as in `baseline_config`) on random uint8 images
 of MNIST's shape, compile time apart, the faster of two timings; the share of the machine's measured
 fp32 matmul peak that one training step reaches (FLOPs from XLA's cost analysis of the step with
 direct convolutions: Winograd executes fewer, and XLA counts none in oneDNN's); and batched
@@ -29,8 +30,9 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from digitjax import conv, metrics, onednn, train
+from digitjax import conv, metrics, onednn, trainer
 from digitjax import model as model_lib
+from digitjax.train import EXPERIMENTS
 
 
 def matmul_peak_gflops(n: int = 1024, reps: int = 10) -> float:
@@ -61,23 +63,20 @@ def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return baseline
 
 
-def synthetic_run(config, n: int = 60000):
-    """Random uint8 images and labels of MNIST's shape on the device, the epoch's batch order, and a
-    fresh model, optimizer and metrics of `config`: what `train.train_steps` takes."""
+def synthetic_run(config, n: int = 60000) -> tuple[trainer.TrainState, trainer.Batches, trainer.Options]:
+    """Random uint8 images and labels of MNIST's shape on the device in the epoch's batch order, and
+    a fresh state and the step options of `config`: what `trainer.train_steps` takes."""
     rng = np.random.default_rng(0)
     images, labels = jax.device_put((rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.int32)))
     steps_per_epoch = n // config.batch_size
-    model = train.create_model(config)
-    tx, _ = train.make_optimizer(config, steps_per_epoch * config.num_epochs)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
+    state, _ = trainer.create_train_state(config, steps_per_epoch * config.num_epochs)
     order = jnp.arange(steps_per_epoch * config.batch_size).reshape(steps_per_epoch, config.batch_size)
-    model.train()
-    return model, optimizer, metrics, images, labels, order
+    state.model.train()
+    return state, trainer.Batches(images, labels, order), trainer.Options.from_config(config)
 
 
-def step_flops(model, optimizer, metrics, images, labels, order) -> float:
-    lowered = train.lower_train_steps(model, optimizer, metrics, images, labels, order, jax.random.key(0))
+def step_flops(state: trainer.TrainState, batches: trainer.Batches, options: trainer.Options) -> float:
+    lowered = trainer.lower_train_steps(state, batches, jax.random.key(0), options)
     return lowered.compile().cost_analysis()["flops"]
 
 
@@ -93,53 +92,58 @@ def dispatches(first: int, steps: int, per_dispatch: int, steps_per_epoch: int) 
     return out
 
 
-def bench(config, steps: int, n: int = 60000, variant: str = "digitjax") -> dict:
-    """Times `config`'s training steps (`steps_per_dispatch` of them a dispatch; a plain jitted step
-    for one) and its batched inference."""
-    model, optimizer, metrics, images, labels, order = synthetic_run(config, n)
-    key = jax.random.key(0)
-    steps_per_epoch = len(order)
+def time_training(config, state, batches, options, steps: int) -> tuple[float, list[float]]:
+    """Compile seconds and the seconds of each of two timed runs of `steps` steps, `steps_per_dispatch`
+    of them a dispatch (a plain jitted step for one); the faster run is the figure, as for the
+    peers (`run_peer`): this machine's speed moves."""
+    key, steps_per_epoch = jax.random.key(0), len(batches.order_SxB)
 
     def run(first, count):
         for index, k in dispatches(first, count, config.steps_per_dispatch, steps_per_epoch):
             if config.steps_per_dispatch == 1:
-                train.train_step(model, optimizer, metrics, None, images, labels, order, index, key)
+                trainer.train_step(state, batches, index, key, options)
             else:
-                train.train_steps(model, optimizer, metrics, images, labels, order, index, k, key)
-        jax.block_until_ready(nnx.state(optimizer))
+                trainer.train_steps(state, batches, index, k, key, options)
+        jax.block_until_ready(nnx.state(state.optimizer))
 
     start = time.perf_counter()
     run(0, 1)
     compile_s = time.perf_counter() - start
     run(1, 2)  # one warm call
-    # Timed twice, the faster kept, as the peers are (`run_peer`): this machine's speed moves.
     seconds = []
     for _ in range(2):
         start = time.perf_counter()
         run(3, steps)
         seconds.append(time.perf_counter() - start)
+    return compile_s, seconds
+
+
+def inference_images_per_s(model: nnx.Module, images_NxHxW: jax.Array, batch: int = 1000, reps: int = 5) -> float:
+    model.eval()
+    predict = nnx.jit(lambda m, x: m(model_lib.to_input(x)).argmax(-1))
+    images = images_NxHxW[:batch]
+    predict(model, images).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = predict(model, images)
+    out.block_until_ready()
+    return batch * reps / (time.perf_counter() - start)
+
+
+def bench(config, steps: int, n: int = 60000, variant: str = "digitjax") -> dict:
+    """Times `config`'s training steps and its batched inference; FLOPs and the matmul peak beside."""
+    state, batches, options = synthetic_run(config, n)
+    compile_s, seconds = time_training(config, state, batches, options, steps)
     train_s = min(seconds)
     images_per_s = steps * config.batch_size / train_s
-
     # FLOPs of one training step, from XLA's own count of the compiled single step: as executed
     # (oneDNN's custom calls count none), and as the same model with XLA's direct convolutions.
-    flops = step_flops(model, optimizer, metrics, images, labels, order)
+    flops = step_flops(state, batches, options)
     direct = baseline_config(config)
     direct_flops = flops if config.conv == "xla" else step_flops(*synthetic_run(direct, config.batch_size * 2))
     peak = matmul_peak_gflops()
-
-    model.eval()
-    predict = nnx.jit(lambda m, x: m(model_lib.to_input(x)).argmax(-1))
-    batch = images[:1000]
-    predict(model, batch).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(5):
-        out = predict(model, batch)
-    out.block_until_ready()
-    inference = 5000 / (time.perf_counter() - start)
-
     achieved = flops * steps / train_s / 1e9
-    routes = conv.plan(model, (config.batch_size, *model_lib.INPUT_SHAPE))
+    routes = conv.plan(state.model, (config.batch_size, *model_lib.INPUT_SHAPE))
     return {
         "variant": variant,
         "model": config.model,
@@ -160,7 +164,7 @@ def bench(config, steps: int, n: int = 60000, variant: str = "digitjax") -> dict
         # The work of direct convolutions per second, as a share of the peak: comparable across
         # formulations that execute fewer FLOPs for the same step (Winograd).
         "effective_share_of_matmul_peak": direct_flops * steps / train_s / 1e9 / peak,
-        "inference_images_per_s": inference,
+        "inference_images_per_s": inference_images_per_s(state.model, batches.images_NxHxW),
         "jax": jax.__version__,
         "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
@@ -193,7 +197,7 @@ def time_to_accuracy(config) -> dict:
 
     logging.set_verbosity(logging.ERROR)
     with tempfile.TemporaryDirectory() as workdir:
-        result = train.train_and_evaluate(config, Path(workdir))
+        result = trainer.train_and_evaluate(config, Path(workdir))
         records = metrics.read(workdir)
     return {
         "final_test_accuracy": result["test_accuracy"],
@@ -212,7 +216,7 @@ def run_peer(peer: str, batch_size: int, steps: int, runs: int = 2) -> list[dict
     command = [sys.executable, "-m", f"experiments.peers.{peer}", str(batch_size), str(steps)]
     results = []
     for _ in range(runs):
-        proc = subprocess.run(command, cwd=train.EXPERIMENTS.parent, capture_output=True, text=True)
+        proc = subprocess.run(command, cwd=EXPERIMENTS.parent, capture_output=True, text=True)
         if proc.returncode:
             reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             print(f"skipping {peer}: {reason}")
@@ -226,7 +230,7 @@ def run_peer(peer: str, batch_size: int, steps: int, runs: int = 2) -> list[dict
 FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
-    str(train.EXPERIMENTS / "seed.py"),
+    str(EXPERIMENTS / "seed.py"),
     "Config file; fields can be overridden, e.g. --config.conv=xla.",
     flag_values=FLAGS,
 )

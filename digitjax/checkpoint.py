@@ -9,26 +9,17 @@ Every step directory holds the items
   meta    step, epoch, accuracies, versions and the device kind that wrote it, JSON
 so that a model restores from `model` (or `ema`) and `config` alone, on any device kind.
 
-Each step also holds `digitjax_manifest.json`, the size and sha256 of every file of its items,
-written into Orbax's temporary directory before the rename that commits the step. A step whose
-files no longer match it (truncated, deleted, changed) is damaged: training moves it aside and
-resumes from the newest intact step, inference skips it, and both say so.
+Each step also holds a manifest of its files, and damaged steps are passed over by one policy
+(`digitjax/integrity.py`); the workdir's lock and the run's identity are `digitjax/workdir.py`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import functools
-import hashlib
-import json
-import logging
-import os
 import shutil
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
@@ -36,113 +27,18 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
+from digitjax import integrity, orbax_internals, parallel
 from digitjax import model as model_lib
-from digitjax import parallel
+from digitjax import workdir as workdir_lib
 from digitjax.errors import UserError
 
-# Fields that give a checkpoint its shape or its run its identity: a workdir whose
-# checkpoint differs in one of them belongs to another run and is never resumed or touched.
-STRUCTURAL_FIELDS = ("model", "optimizer", "batch_size", "seed", "validation_size")
+if TYPE_CHECKING:
+    from digitjax.trainer import TrainState
+
 BEST_METRIC = "val_accuracy"
-MANIFEST = "digitjax_manifest.json"
-TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax's name for a step still being written
 ITEMS = ("model", "ema", "opt", "rng", "config", "meta")
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _file_digests(step_dir: Path) -> dict[str, list]:
-    """relative path -> [size, sha256] for every file of the step's items."""
-    digests = {}
-    for item in ITEMS:
-        for path in sorted((step_dir / item).rglob("*")):
-            if path.is_file():
-                digests[str(path.relative_to(step_dir))] = [path.stat().st_size, _sha256(path)]
-    return digests
-
-
-def damage(step_dir: Path) -> str | None:
-    """Why the step's files do not match its manifest, or None when they all do."""
-    try:
-        manifest = json.loads((step_dir / MANIFEST).read_text())["files"]
-    except FileNotFoundError:
-        return f"it has no {MANIFEST} (an interrupted copy, or written by an older digitjax)"
-    except (ValueError, KeyError, TypeError):
-        return f"its {MANIFEST} is unreadable"
-    for name, (size, sha256) in manifest.items():
-        path = step_dir / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if (actual := path.stat().st_size) != size:
-            return f"{name} has {actual:,} bytes instead of {size:,} (truncated?)"
-        if _sha256(path) != sha256:
-            return f"{name} does not hold what was written (sha256 differs)"
-    return None
-
-
-def _step_dirs(root: Path) -> list[int]:
-    """Committed step numbers under `root`, newest first."""
-    return sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
-
-
-def _newest_intact(root: Path, steps: list[int]) -> tuple[int | None, dict[int, str]]:
-    """The first intact step of `steps` (newest first) and why each one before it is damaged."""
-    damaged = {}
-    for step in steps:
-        why = damage(root / str(step))
-        if why is None:
-            return step, damaged
-        damaged[step] = why
-    return None, damaged
-
-
-def is_out_of_space(e: BaseException) -> bool:
-    """ENOSPC, raised as OSError by Python or as a message by TensorStore and Orbax."""
-    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
-
-
-def quiet_failed_saves() -> None:
-    """Leaves a failed save to the exception that the next save or close raises.
-
-    Orbax also logs the failure from each of its writer threads, with tracebacks, and its event
-    loops complain once closed: a screen of noise above the one message that says what to do.
-    """
-
-    class DropOrbaxErrors(logging.Filter):
-        def filter(self, record):
-            return "orbax" not in record.pathname
-
-    class DropOrbaxTasks(logging.Filter):  # asyncio's "Task exception was never retrieved", at collection
-        def filter(self, record):
-            return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
-
-    logging.getLogger("absl").addFilter(DropOrbaxErrors())
-    logging.getLogger("asyncio").addFilter(DropOrbaxTasks())
-    default_hook = sys.unraisablehook
-
-    def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-            default_hook(unraisable)
-
-    sys.unraisablehook = hook
-
-
-def out_of_space_error(workdir: Path, step: int | None = None) -> UserError:
-    root = workdir / "checkpoints"
-    steps = sorted(_step_dirs(root)) if root.is_dir() else []
-    kept = (
-        f"the checkpoints saved before (steps {', '.join(map(str, steps))}) are intact"
-        if steps
-        else "no checkpoint had been saved yet"
-    )
-    doing, lost = (f"saving step {step}", "that step was not saved; ") if step is not None else ("writing", "")
-    return UserError(
-        f"No space left on the device while {doing} in {workdir}; {lost}{kept}. "
-        f"Free some space, then run the same command to resume."
-    )
+_TRAIN_FIX = "Nothing was changed there. Train into a new --workdir, or move {workdir} away to start that run over."
+_INFERENCE_FIX = "Train the run again, or restore its checkpoints from a copy."
 
 
 def _abstract(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
@@ -185,6 +81,7 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
         self.workdir = Path(workdir)
+        self.root = self.workdir / "checkpoints"
         self.config = config
         self.notes: list[str] = []
         self._saving: int | None = None
@@ -196,53 +93,29 @@ class RunCheckpoints:
 
     def _take_over(self) -> None:
         """Locks the workdir, checks it holds this run, moves damaged steps aside, drops unfinished ones."""
-        self._lock = _lock(self.workdir)
-        root = self.workdir / "checkpoints"
-        found = _step_dirs(root) if root.is_dir() else []
-        intact, damaged = _newest_intact(root, found)
+        self._lock = workdir_lib.lock(self.workdir)
+        found = integrity.committed_steps(self.root)
         try:
-            if found and intact is None:
-                raise UserError(
-                    f"Every checkpoint in {root} is damaged ({_describe(damaged)}). Nothing was changed there. "
-                    f"Train into a new --workdir, or move {self.workdir} away to start that run over."
-                )
-            if intact is not None:
-                self._check_identity(intact)
+            if found:
+                fix = _TRAIN_FIX.format(workdir=self.workdir)
+                intact, damaged = integrity.usable_step(self.root, found, fix)
+                workdir_lib.check_identity(self.workdir, intact, self.config)
         except UserError:
             self._lock.close()
             raise
-        for step, why in damaged.items():
-            moved = _move_aside(root / str(step), self.workdir / "damaged")
+        for step, why in damaged.items() if found else ():
+            moved = integrity.move_aside(self.root / str(step), self.workdir / "damaged")
             self.notes.append(
                 f"Checkpoint step {step} is damaged: {why}. Moved it to {moved}; resuming from step {intact}."
             )
-        self._lock.truncate(0)  # only now that the workdir is known to be this run's
-        self._lock.write(f"process {os.getpid()}\n")
-        self._lock.flush()
-        for tmp in root.glob(f"*{TMP_SUFFIX}*") if root.is_dir() else ():
-            shutil.rmtree(tmp)  # a save of this run that was interrupted; never committed
-
-    def _check_identity(self, step: int) -> None:
-        # The JSON item's file itself: Orbax's reader would wait for the other processes.
-        saved = json.loads((self.workdir / "checkpoints" / str(step) / "config" / "metadata").read_text())
-        diffs = [
-            f"{k}={saved.get(k)!r} there, {self.config[k]!r} here"
-            for k in STRUCTURAL_FIELDS
-            if saved.get(k) != self.config[k]
-        ]
-        if diffs:
-            raise UserError(
-                f"{self.workdir} holds a checkpoint of another run ({'; '.join(diffs)}). "
-                f"Nothing was changed there. Train into a new --workdir, or delete "
-                f"{self.workdir} to start that run over."
-            )
+        workdir_lib.claim(self._lock)  # only now that the workdir is known to be this run's
+        for pending in orbax_internals.pending_dirs(self.root):
+            shutil.rmtree(pending)  # a save of this run that was interrupted; never committed
 
     def _seal(self) -> None:
         """Orbax's post-finalization callback: the manifest goes in before the step is committed."""
-        tmp = self.workdir / "checkpoints" / f"{self._saving}{TMP_SUFFIX}"
-        body = json.dumps({"step": self._saving, "files": _file_digests(tmp)})
-        (tmp / f"{MANIFEST}.partial").write_text(body)
-        os.replace(tmp / f"{MANIFEST}.partial", tmp / MANIFEST)
+        pending = orbax_internals.pending_dir(self.root, self._saving)
+        integrity.write_manifest(pending, self._saving, ITEMS)
 
     def latest_step(self) -> int | None:
         return self.mngr.latest_step()
@@ -250,60 +123,34 @@ class RunCheckpoints:
     def has(self, step: int) -> bool:
         return step in self.mngr.all_steps()
 
-    def save(
-        self,
-        step: int,
-        model: nnx.Module,
-        optimizer: nnx.Optimizer,
-        rng: jax.Array,
-        meta: dict,
-        ema: nnx.Module | None = None,
-    ) -> None:
+    def save(self, step: int, state: TrainState, rng: jax.Array, meta: dict) -> None:
         """Saves asynchronously; orbax writes to a temporary directory and renames it when done."""
         self._raise_failed_save(self.mngr.wait_until_finished)  # the previous save, before a new one starts
         self._saving = step
         metrics = {BEST_METRIC: meta[BEST_METRIC]} if meta.get(BEST_METRIC) is not None else None
-        extra = {"ema": ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(ema)))} if ema is not None else {}
-        save = functools.partial(
-            self.mngr.save,
-            step,
-            args=ocp.args.Composite(
-                **extra,
-                model=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model))),
-                opt=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(optimizer))),
-                rng=ocp.args.StandardSave({"key_data": jax.random.key_data(rng)}),
-                config=ocp.args.JsonSave(self.config.to_dict()),
-                meta=ocp.args.JsonSave({**meta, "step": step}),
-            ),
-            metrics=metrics,
+        arrays = {"model": state.model, "opt": state.optimizer} | ({"ema": state.ema} if state.ema is not None else {})
+        items = {name: ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(m))) for name, m in arrays.items()}
+        args = ocp.args.Composite(
+            **items,
+            rng=ocp.args.StandardSave({"key_data": jax.random.key_data(rng)}),
+            config=ocp.args.JsonSave(self.config.to_dict()),
+            meta=ocp.args.JsonSave({**meta, "step": step}),
         )
-        self._raise_failed_save(save)
+        self._raise_failed_save(functools.partial(self.mngr.save, step, args=args, metrics=metrics))
 
-    def restore(
-        self, step: int, model: nnx.Module, optimizer: nnx.Optimizer, rng: jax.Array, ema: nnx.Module | None = None
-    ) -> tuple[jax.Array, dict]:
-        """Restores `step` into model, optimizer (and ema) in place; returns the RNG key and meta."""
-        model_state, opt_state = nnx.state(model), nnx.state(optimizer)
+    def restore(self, step: int, state: TrainState, rng: jax.Array) -> tuple[jax.Array, dict]:
+        """Restores `step` into the state in place; returns the run's RNG key and the step's meta."""
+        modules = {"model": state.model, "opt": state.optimizer} | ({"ema": state.ema} if state.ema is not None else {})
+        states = {name: nnx.state(m) for name, m in modules.items()}
+        items = {name: ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(s))) for name, s in states.items()}
         key_data = jax.random.key_data(rng)
-        ema_state = nnx.state(ema) if ema is not None else None
-        extra = {"ema": ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(ema_state)))} if ema is not None else {}
-        restored = self.mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                **extra,
-                model=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(model_state))),
-                opt=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(opt_state))),
-                rng=ocp.args.StandardRestore({"key_data": _abstract(key_data)}),
-                meta=ocp.args.JsonRestore(),
-            ),
+        args = ocp.args.Composite(
+            **items, rng=ocp.args.StandardRestore({"key_data": _abstract(key_data)}), meta=ocp.args.JsonRestore()
         )
-        nnx.replace_by_pure_dict(model_state, restored["model"])
-        nnx.replace_by_pure_dict(opt_state, restored["opt"])
-        nnx.update(model, model_state)
-        nnx.update(optimizer, opt_state)
-        if ema is not None:
-            nnx.replace_by_pure_dict(ema_state, restored["ema"])
-            nnx.update(ema, ema_state)
+        restored = self.mngr.restore(step, args=args)
+        for name, module in modules.items():
+            nnx.replace_by_pure_dict(states[name], restored[name])
+            nnx.update(module, states[name])
         key = jax.random.wrap_key_data(restored["rng"]["key_data"], impl=jax.random.key_impl(rng))
         return key, restored["meta"]
 
@@ -312,10 +159,10 @@ class RunCheckpoints:
         try:
             call()
         except Exception as e:
-            if not is_out_of_space(e):
+            if not workdir_lib.is_out_of_space(e):
                 raise
-            shutil.rmtree(self.workdir / "checkpoints" / f"{self._saving}{TMP_SUFFIX}", ignore_errors=True)
-            raise out_of_space_error(self.workdir, self._saving) from None
+            shutil.rmtree(orbax_internals.pending_dir(self.root, self._saving), ignore_errors=True)
+            raise workdir_lib.out_of_space_error(self.workdir, self._saving) from None
 
     def close(self) -> None:
         try:
@@ -324,38 +171,6 @@ class RunCheckpoints:
             self.mngr.close()
             if self._lock is not None:
                 self._lock.close()
-
-
-def _lock(workdir: Path):
-    """An exclusive lock on the workdir for the life of the run; the OS drops it if the process dies."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    handle = open(workdir / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise UserError(
-            f"{workdir} is in use by {owner}, which is training there; nothing was changed. "
-            f"Wait for it to finish (or stop it), or train into another --workdir."
-        )
-    return handle
-
-
-def _move_aside(step_dir: Path, into: Path) -> Path:
-    """Moves a damaged step out of Orbax's sight, keeping its files for a person to look at."""
-    into.mkdir(exist_ok=True)
-    target, n = into / step_dir.name, 1
-    while target.exists():
-        n += 1
-        target = into / f"{step_dir.name}-{n}"
-    step_dir.rename(target)
-    return target
-
-
-def _describe(damaged: dict[int, str]) -> str:
-    return "; ".join(f"step {step}: {why}" for step, why in damaged.items())
 
 
 @dataclasses.dataclass
@@ -369,14 +184,15 @@ class Restored:
 
 def steps(workdir: str | Path) -> tuple[list[int], int | None]:
     """All checkpointed steps of a workdir and the best one (None without validation)."""
-    mngr = _open_read_only(Path(workdir))
+    mngr = open_read_only(Path(workdir))
     try:
         return list(mngr.all_steps()), mngr.best_step()
     finally:
         mngr.close()
 
 
-def _open_read_only(workdir: Path) -> ocp.CheckpointManager:
+def open_read_only(workdir: Path) -> ocp.CheckpointManager:
+    """Orbax's manager of a trained run's checkpoints, for reading; a UserError where there are none."""
     if not (workdir / "checkpoints").is_dir():
         raise UserError(
             f"No checkpoints in {workdir}: train one first with "
@@ -389,6 +205,32 @@ def _open_read_only(workdir: Path) -> ocp.CheckpointManager:
     return mngr
 
 
+def _inference_step(workdir: Path, mngr: ocp.CheckpointManager, step: int | None) -> tuple[int, list[str]]:
+    """The step to restore and notes on damaged steps passed over: `step` itself when given, else
+    the best by validation (or the latest), else the newest intact step."""
+    root = workdir / "checkpoints"
+    if step is not None:
+        if step not in mngr.all_steps():
+            raise UserError(f"{workdir} has no checkpoint at step {step}; it has steps {list(mngr.all_steps())}.")
+        if why := integrity.damage(root / str(step)):
+            intact = [s for s in mngr.all_steps() if integrity.damage(root / str(s)) is None]
+            raise UserError(
+                f"Checkpoint step {step} in {workdir} is damaged: {why}. Intact steps: {intact or 'none'}; "
+                f"pass one of them as the step."
+            )
+        return step, []
+    best = mngr.best_step()
+    wanted, kind = (mngr.latest_step(), "latest") if best is None else (best, "best by validation")
+    others = [s for s in integrity.committed_steps(root) if s != wanted]
+    step, damaged = integrity.usable_step(root, [wanted, *others], _INFERENCE_FIX)
+    if not damaged:
+        return step, []
+    return step, [
+        f"{workdir}: not using damaged checkpoints ({integrity.describe(damaged)}); using step {step}, "
+        f"the newest intact one, instead of the {kind}."
+    ]
+
+
 def load_for_inference(workdir: str | Path, step: int | None = None, device: jax.Device | None = None) -> Restored:
     """Restores only the model of a checkpoint onto `device` (default: the first local one).
 
@@ -397,35 +239,9 @@ def load_for_inference(workdir: str | Path, step: int | None = None, device: jax
     new sharding, so nothing of the writer's topology is needed.
     """
     workdir = Path(workdir)
-    mngr = _open_read_only(workdir)
-    root = workdir / "checkpoints"
-    notes = []
+    mngr = open_read_only(workdir)
     try:
-        if step is None:
-            best = mngr.best_step()
-            step, kind = (mngr.latest_step(), "latest") if best is None else (best, "best by validation")
-            why = damage(root / str(step))
-            if why is not None:
-                damaged = {step: why}
-                step, more = _newest_intact(root, [s for s in _step_dirs(root) if s != step])
-                damaged |= more
-                if step is None:
-                    raise UserError(
-                        f"Every checkpoint in {root} is damaged ({_describe(damaged)}). Train the run again, "
-                        f"or restore its checkpoints from a copy."
-                    )
-                notes.append(
-                    f"{workdir}: not using damaged checkpoints ({_describe(damaged)}); using step {step}, "
-                    f"the newest intact one, instead of the {kind}."
-                )
-        elif step not in mngr.all_steps():
-            raise UserError(f"{workdir} has no checkpoint at step {step}; it has steps {list(mngr.all_steps())}.")
-        elif why := damage(root / str(step)):
-            intact = [s for s in mngr.all_steps() if damage(root / str(s)) is None]
-            raise UserError(
-                f"Checkpoint step {step} in {workdir} is damaged: {why}. Intact steps: {intact or 'none'}; "
-                f"pass one of them as the step."
-            )
+        step, notes = _inference_step(workdir, mngr, step)
         config_dict, meta = _read_json_items(mngr, step)
         config = ml_collections.ConfigDict(config_dict)
         # conv="auto": the route is this machine's (the parameters are the same on every route).

@@ -3,7 +3,7 @@
 The dataset written here is the standard TFDS `mnist` (same name, version, features and
 array_record files), so `tfds.data_source("mnist", data_dir=...)` reads it anywhere. The
 stock builder needs TensorFlow to extract the IDX files and rejects re-packed gzip files;
-`IdxMNIST` reads them with gzip and numpy instead and checks the uncompressed bytes.
+`read_idx_dir` reads them with gzip and numpy instead and checks the uncompressed bytes.
 
     python -m digitjax.data --mnist_dir ../shared/data/mnist   # prepare from local files
 """
@@ -154,19 +154,18 @@ def download(dest: Path) -> Path:
 def _builder_class():
     from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-    class IdxMNIST(tfds_mnist.MNIST, skip_registration=True):
-        """The stock `mnist` builder, fed from checked local IDX files without TensorFlow."""
+    class ArraysMNIST(tfds_mnist.MNIST, skip_registration=True):
+        """The stock `mnist` builder, fed from checked arrays (of the IDX files) without TensorFlow."""
 
         name = "mnist"
 
-        def __init__(self, *, idx_dir: Path, **kwargs):
-            self._idx_dir = idx_dir
+        def __init__(self, *, arrays: dict[str, np.ndarray], **kwargs):
+            self._arrays = arrays
             super().__init__(**kwargs)
 
         def _split_generators(self, dl_manager):
-            arrays = read_idx_dir(self._idx_dir)
             return {
-                split: self._generate_examples(arrays[f"{split}_images"], arrays[f"{split}_labels"])
+                split: self._generate_examples(self._arrays[f"{split}_images"], self._arrays[f"{split}_labels"])
                 for split in ("train", "test")
             }
 
@@ -177,7 +176,7 @@ def _builder_class():
             for index, (image, label) in enumerate(zip(images, labels)):
                 yield index, {"image": Image.fromarray(image), "label": int(label)}
 
-    return IdxMNIST
+    return ArraysMNIST
 
 
 def data_dir_or_default(data_dir: str | None) -> Path:
@@ -197,16 +196,20 @@ def prepare(data_dir: str | None = None, mnist_dir: str | None = None) -> Path:
     if is_prepared(str(root)):
         return root
     mnist_dir = mnist_dir or os.environ.get(MNIST_DIR_ENV)
-    if mnist_dir:
-        idx_dir = Path(mnist_dir).expanduser()
-        read_idx_dir(idx_dir)  # fail before TFDS creates anything
-    else:
-        idx_dir = download(root / "downloads" / "mnist_idx")
+    idx_dir = Path(mnist_dir).expanduser() if mnist_dir else download(root / "downloads" / "mnist_idx")
+    # Read and checked before TFDS creates anything.
+    return write_tfds(root, read_idx_dir(idx_dir))
+
+
+def write_tfds(root: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Writes `arrays` (keyed as IDX_FILES: uint8 images NxHxW, labels N) as TFDS `mnist` under `root`.
+
+    Built beside the target and moved into place, so an interrupted build leaves nothing that
+    looks prepared. Tests write synthetic digits this way; `prepare` writes MNIST's."""
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and move into place, so an interrupted build leaves nothing
-    # that looks prepared.
     with tempfile.TemporaryDirectory(dir=root, prefix=".mnist-build-") as tmp:
-        builder = _builder_class()(idx_dir=idx_dir, data_dir=tmp, file_format="array_record")
+        builder = _builder_class()(arrays=arrays, data_dir=tmp, file_format="array_record")
         builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
         (root / "mnist").mkdir(exist_ok=True)
         version_dir = Path(builder.data_dir)
@@ -233,6 +236,21 @@ def load(split: str, data_dir: str | None = None, mnist_dir: str | None = None) 
     images = np.stack([r["image"][..., 0] for r in records])
     labels = np.asarray([r["label"] for r in records], np.int32)
     return Split(images, labels)
+
+
+def splits(config, data_dir: str | None = None, mnist_dir: str | None = None) -> tuple[Split, dict[str, Split]]:
+    """The config's training split and the evaluated ones: test, and `val` when the config holds
+    out `validation_size` training images; `train_size` keeps only the first N of the rest."""
+    train = load("train", data_dir, mnist_dir)
+    evaluated = {"test": load("test", data_dir, mnist_dir)}
+    if config.validation_size:
+        # TFDS stores the training split shuffled, so its tail is a random held-out slice.
+        v = config.validation_size
+        evaluated["val"] = Split(train.images_NxHxW[-v:], train.labels_N[-v:])
+        train = Split(train.images_NxHxW[:-v], train.labels_N[:-v])
+    if config.train_size:
+        train = Split(train.images_NxHxW[: config.train_size], train.labels_N[: config.train_size])
+    return train, evaluated
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 
 import jax
@@ -104,11 +105,29 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
-def create(name: str, seed: int, conv: str = "auto", **kwargs) -> nnx.Module:
-    """Builds a model of the zoo with parameters drawn from `seed`, its convolutions computed by
-    route `conv` (digitjax/conv.py)."""
+def resolve(name: str) -> Callable[..., nnx.Module]:
+    """A model class by config name: one of MODELS, or `package.module:Name` for one defined
+    anywhere importable (a fork's own, e.g. `experiments.custom_model:MLP`)."""
     from digitjax.errors import UserError
 
-    if name not in MODELS:
-        raise UserError(f"Unknown model {name!r}; the config's `model` must be one of {sorted(MODELS)}.")
-    return MODELS[name](rngs=nnx.Rngs(params=seed), conv=conv, **kwargs)
+    if name in MODELS:
+        return MODELS[name]
+    module_name, _, attr = name.partition(":")
+    if not attr:
+        raise UserError(
+            f"Unknown model {name!r}; the config's `model` must be one of {sorted(MODELS)}, "
+            f"or `package.module:Name` for a model defined outside digitjax."
+        )
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UserError(
+            f"Could not load model {name!r} ({e}). Check that {module_name} is importable from where the "
+            f"command runs (e.g. a module under experiments/) and defines {attr}."
+        )
+
+
+def create(name: str, seed: int, conv: str = "auto", **kwargs) -> nnx.Module:
+    """Builds a model by config name (`resolve`) with parameters drawn from `seed`, its
+    convolutions computed by route `conv` (digitjax/conv.py)."""
+    return resolve(name)(rngs=nnx.Rngs(params=seed), conv=conv, **kwargs)

@@ -2,7 +2,7 @@
 
     python -m experiments.profile_step --config experiments/seed.py [--steps 50] [--top 15]
 
-Traces `train.train_steps` (compiled and warmed up first) on random images, writes the trace
+Traces `trainer.train_steps` (compiled and warmed up first) on random images, writes the trace
 under --out (open it in Perfetto or TensorBoard), and prints the operations that took the
 most device time (GPU kernels on a GPU, XLA's thunks on a CPU) with their share.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from digitjax import bench, train
+from digitjax import bench, trainer
 
 
 def device_events(trace: dict) -> list[dict]:
@@ -48,11 +48,11 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/digitjax-profile")
     args = parser.parse_args()
     config = bench.load_config(args.config)
-    model, optimizer, metrics, images, labels, order = bench.synthetic_run(config)
+    state, batches, options = bench.synthetic_run(config)
 
     def run():
-        train.train_steps(model, optimizer, metrics, images, labels, order, 0, args.steps, jax.random.key(0))
-        jax.block_until_ready(nnx.state(optimizer))
+        trainer.train_steps(state, batches, 0, args.steps, jax.random.key(0), options)
+        jax.block_until_ready(nnx.state(state.optimizer))
 
     run()  # compile and warm up
     jax.profiler.start_trace(args.out, create_perfetto_trace=True)

@@ -29,7 +29,7 @@ def summarize(workdir: Path) -> dict:
 
 
 def main() -> None:
-    from digitjax import bench, train
+    from digitjax import bench, trainer
     from digitjax.errors import exit_on_user_error
     from digitjax.metrics import TARGETS
 
@@ -49,7 +49,7 @@ def main() -> None:
     with exit_on_user_error():
         for seed in range(args.seeds):
             config.seed = seed
-            result = train.train_and_evaluate(config, root / f"seed{seed}")
+            result = trainer.train_and_evaluate(config, root / f"seed{seed}")
             row = {"seed": seed, **summarize(root / f"seed{seed}"), "compile_seconds": result.get("compile_seconds")}
             print(json.dumps(row), flush=True)
             rows.append(row)

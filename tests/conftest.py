@@ -1,16 +1,66 @@
-"""Shared fixtures: the real MNIST files, prepared once per session into a temporary TFDS dir."""
+"""Shared fixtures: synthetic digits as TFDS `mnist` for the fast tier, and the real MNIST files,
+prepared once per session into a temporary TFDS dir, for the tests marked slow.
+
+    python -m pytest -m "not slow"     # the fast tier: no MNIST, under two minutes on 2 cores
+    python -m pytest                   # everything (CI), MNIST from $DIGITJAX_MNIST_DIR
+"""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from digitjax import data
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ("--config", "experiments/smoke.py")
+MNIST_FIXTURES = {"mnist_dir", "tfds_dir", "test_split", "run_cli", "served_checkpoints", "start_training"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that reaches the real MNIST must be marked slow: the fast tier runs without it."""
+    for item in items:
+        needs = MNIST_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if needs and item.get_closest_marker("slow") is None:
+            raise pytest.UsageError(f"{item.nodeid} uses {sorted(needs)} (the real MNIST): mark it slow.")
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-shaped uint8 images of ten blocky 20x20 glyphs, one per label, placed at random and
+    noised: learnable in a few steps, so a test can check that training learns."""
+    glyphs_CxHxW = (np.random.default_rng(1234).random((10, 4, 4)) > 0.5).repeat(5, 1).repeat(5, 2)
+    rng = np.random.default_rng(seed)
+    labels_N = rng.integers(0, 10, n).astype(np.int32)
+    images_NxHxW = rng.integers(0, 40, (n, 28, 28))
+    top, left = rng.integers(2, 7, (2, n))
+    for i in range(n):
+        images_NxHxW[i, top[i] : top[i] + 20, left[i] : left[i] + 20] += glyphs_CxHxW[labels_N[i]] * 200
+    return np.clip(images_NxHxW, 0, 255).astype(np.uint8), labels_N
+
+
+@pytest.fixture(scope="session")
+def synthetic_tfds(tmp_path_factory) -> Path:
+    """A TFDS data dir whose `mnist` holds 3,000 synthetic training and 500 test digits."""
+    (train_images, train_labels), (test_images, test_labels) = synthetic_digits(3000, 0), synthetic_digits(500, 1)
+    arrays = {"train_images": train_images, "train_labels": train_labels}
+    arrays |= {"test_images": test_images, "test_labels": test_labels}
+    return data.write_tfds(tmp_path_factory.mktemp("synthetic-tfds"), arrays)
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoints(synthetic_tfds, tmp_path_factory) -> Path:
+    """A checkpoints/ folder with one run trained on the synthetic digits, to restore and serve."""
+    from digitjax import trainer
+    from experiments import smoke
+
+    root = tmp_path_factory.mktemp("synthetic-checkpoints")
+    config = smoke.get_config()
+    config.train_size, config.validation_size, config.num_epochs = 0, 500, 1
+    trainer.train_and_evaluate(config, root / "synthetic", str(synthetic_tfds), mnist_dir="/nonexistent")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -55,13 +105,13 @@ def run_cli(tfds_dir, mnist_dir):
 @pytest.fixture(scope="session")
 def served_checkpoints(tfds_dir, mnist_dir, tmp_path_factory) -> Path:
     """A checkpoints/ folder with one small but competent run (~97% test accuracy) to serve."""
-    from digitjax import train
+    from digitjax import trainer
     from experiments import smoke
 
     root = tmp_path_factory.mktemp("checkpoints")
     config = smoke.get_config()
     config.train_size, config.batch_size, config.num_epochs = 12800, 64, 2
-    train.train_and_evaluate(config, root / "tiny", str(tfds_dir), str(mnist_dir))
+    trainer.train_and_evaluate(config, root / "tiny", str(tfds_dir), str(mnist_dir))
     return root
 
 
@@ -101,3 +151,9 @@ def saved_arrays():
         return out
 
     return arrays
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """`digits(n, seed)`: synthetic images and labels (`synthetic_digits`), as numpy."""
+    return synthetic_digits

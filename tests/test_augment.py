@@ -9,8 +9,8 @@ from digitjax import model as model_lib
 
 
 @pytest.fixture(scope="module")
-def digits_Bx28x28x1(test_split):
-    return model_lib.to_input(jnp.asarray(test_split.images_NxHxW[:16]))
+def digits_Bx28x28x1(digits):
+    return model_lib.to_input(jnp.asarray(digits(16, seed=0)[0]))
 
 
 def test_zero_ranges_are_the_identity(digits_Bx28x28x1):
@@ -48,10 +48,10 @@ def test_from_config_is_none_without_augmentation():
     assert augment.Augment.from_config(best.get_config()) == augment.Augment(10.0, 0.1, 2.0, 1.0)
 
 
-def test_test_time_shifts_average_the_five_views(test_split):
+def test_test_time_shifts_average_the_five_views(digits):
     model = model_lib.create("fast", seed=0)
     model.eval()
-    images, labels = jnp.asarray(test_split.images_NxHxW[:8]), jnp.asarray(test_split.labels_N[:8])
+    images, labels = jax.tree.map(jnp.asarray, digits(8, seed=0))
     mask = jnp.ones(8, bool)
     _, _, logits_BxC = evaluate.eval_step(model, images, labels, mask, tta=True)
     x = model_lib.to_input(images)

@@ -15,6 +15,10 @@ from werkzeug.serving import make_server
 
 from webui import create_app
 
+# Trains on the real MNIST, in subprocesses as a user would: the full suite only.
+pytestmark = pytest.mark.slow
+
+
 ARTIFACTS = Path(os.environ.get("DIGITJAX_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
 

@@ -11,6 +11,7 @@ from digitjax import data
 from digitjax.errors import UserError
 
 
+@pytest.mark.slow
 def test_idx_files_read_and_checked(mnist_dir):
     arrays = data.read_idx_dir(mnist_dir)
     assert arrays["train_images"].shape == (60000, 28, 28)
@@ -35,6 +36,7 @@ def _rewrite(path, mutate):
     path.write_bytes(gzip.compress(bytes(mutate(raw))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mutate, expected",
     [
@@ -51,6 +53,7 @@ def test_damaged_idx_file_names_the_file(mnist_dir, tmp_path, mutate, expected):
         data.read_idx_dir(folder)
 
 
+@pytest.mark.slow
 def test_not_gzip_and_missing_file(mnist_dir, tmp_path):
     folder = _copy(mnist_dir, tmp_path)
     (folder / "train-labels-idx1-ubyte.gz").write_bytes(b"hello")
@@ -61,6 +64,7 @@ def test_not_gzip_and_missing_file(mnist_dir, tmp_path):
         data.read_idx_dir(folder)
 
 
+@pytest.mark.slow
 def test_uncompressed_files_are_accepted(mnist_dir, tmp_path):
     folder = tmp_path / "plain"
     folder.mkdir()
@@ -69,6 +73,7 @@ def test_uncompressed_files_are_accepted(mnist_dir, tmp_path):
     assert data.read_idx_dir(folder)["test_images"].shape == (10000, 28, 28)
 
 
+@pytest.mark.slow
 def test_prepared_dataset_is_standard_tfds_mnist(tfds_dir, mnist_dir, test_split):
     builder = tfds.builder("mnist", data_dir=str(tfds_dir))  # the stock builder reads our files
     assert str(builder.info.version) == "3.0.1"
@@ -88,6 +93,7 @@ def test_prepared_dataset_is_standard_tfds_mnist(tfds_dir, mnist_dir, test_split
     assert not np.array_equal(test_split.labels_N, idx["test_labels"])
 
 
+@pytest.mark.slow
 def test_prepare_refuses_damaged_files_and_writes_nothing(mnist_dir, tmp_path):
     folder = _copy(mnist_dir, tmp_path)
     _rewrite(folder / "train-images-idx3-ubyte.gz", lambda raw: raw[:-1] + b"\x01")
@@ -110,3 +116,17 @@ def test_epoch_order_is_seeded_full_batches():
     assert len(set(order.ravel().tolist())) == 15 * 64  # no repeats within an epoch
     assert np.array_equal(order, np.asarray(data.epoch_order(key, 0, 1000, 64)))
     assert not np.array_equal(order, np.asarray(data.epoch_order(key, 1, 1000, 64)))
+
+
+def test_splits_hold_out_validation_and_read_tfds(synthetic_tfds):
+    from experiments import smoke
+
+    config = smoke.get_config()
+    config.validation_size, config.train_size = 400, 1000
+    train, evaluated = data.splits(config, str(synthetic_tfds), mnist_dir="/nonexistent")
+    assert train.images_NxHxW.shape == (1000, 28, 28) and train.images_NxHxW.dtype == np.uint8
+    assert set(evaluated) == {"test", "val"} and len(evaluated["val"].labels_N) == 400
+    assert len(evaluated["test"].labels_N) == 500 and evaluated["test"].labels_N.dtype == np.int32
+    whole = data.load("train", str(synthetic_tfds)).labels_N
+    np.testing.assert_array_equal(evaluated["val"].labels_N, whole[-400:])  # the tail, apart from training
+    np.testing.assert_array_equal(train.labels_N, whole[:1000])

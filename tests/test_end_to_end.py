@@ -16,6 +16,10 @@ import pytest
 from digitjax import checkpoint
 from digitjax import metrics as metrics_lib
 
+# Trains on the real MNIST, in subprocesses as a user would: the full suite only.
+pytestmark = pytest.mark.slow
+
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ("--config", "experiments/smoke.py")
 
@@ -234,7 +238,7 @@ def test_augmented_averaged_run_resumes_and_serves_its_average(tmp_path, start_t
     assert result["test_accuracy"] == tests[1]["accuracy"]
     assert result["labels_changed_since_training"] == 0
     served = checkpoint.load_for_inference(workdir, step=64).model
-    mngr = checkpoint._open_read_only(workdir)
+    mngr = checkpoint.open_read_only(workdir)
     restore = checkpoint.ocp.args.StandardRestore
     items = mngr.restore(64, args=checkpoint.ocp.args.Composite(model=restore(), ema=restore()))
     mngr.close()

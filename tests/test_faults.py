@@ -14,9 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitjax import checkpoint, train
+from digitjax import checkpoint, integrity, orbax_internals, trainer
 from digitjax.errors import UserError
 from experiments import smoke
+
+# Trains on the real MNIST, in subprocesses as a user would: the full suite only.
+pytestmark = pytest.mark.slow
+
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every source of randomness (init, data order, dropout, augmentation) and a weight average,
@@ -83,7 +87,7 @@ def _kill_during_save(proc, workdir: Path) -> str | None:
 
     def writing():
         try:
-            return any(n.endswith(checkpoint.TMP_SUFFIX) for n in os.listdir(root))
+            return any(n.endswith(orbax_internals.TMP_SUFFIX) for n in os.listdir(root))
         except FileNotFoundError:
             return False
 
@@ -91,7 +95,7 @@ def _kill_during_save(proc, workdir: Path) -> str | None:
     proc.kill()
     proc.wait()
     # Proof that the kill landed mid-write: the uncommitted step is still there.
-    partial = [p.name for p in root.glob(f"*{checkpoint.TMP_SUFFIX}")]
+    partial = [p.name for p in root.glob(f"*{orbax_internals.TMP_SUFFIX}")]
     return f"SIGKILL while writing {partial[0]}" if partial else None
 
 
@@ -153,7 +157,7 @@ def test_same_config_and_seed_give_bit_identical_parameters(tmp_path, tfds_dir, 
     arrays = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         config = _config(seed=seed, num_epochs=1, ema_decay=0.9, augment_rotate_deg=10.0, augment_elastic_px=1.0)
-        train.train_and_evaluate(config, tmp_path / name, str(tfds_dir), str(mnist_dir))
+        trainer.train_and_evaluate(config, tmp_path / name, str(tfds_dir), str(mnist_dir))
         arrays[name] = saved_arrays(tmp_path / name, 32)
     _assert_bit_identical(arrays["a"], arrays["b"])
     assert not np.array_equal(arrays["a"]["model['dense2']['kernel']"], arrays["c"]["model['dense2']['kernel']"])
@@ -162,7 +166,7 @@ def test_same_config_and_seed_give_bit_identical_parameters(tmp_path, tfds_dir, 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tfds_dir, mnist_dir) -> Path:
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    train.train_and_evaluate(_config(), workdir, str(tfds_dir), str(mnist_dir))
+    trainer.train_and_evaluate(_config(), workdir, str(tfds_dir), str(mnist_dir))
     return workdir
 
 
@@ -191,13 +195,13 @@ def test_damaged_newest_step_is_passed_over_and_said(finished, tmp_path, tfds_di
         checkpoint.load_for_inference(workdir, step=newest)
 
     # Training resumes from the intact step, keeping the damaged one aside for a person to see.
-    train.train_and_evaluate(_config(num_epochs=3), workdir, str(tfds_dir), str(mnist_dir))
+    trainer.train_and_evaluate(_config(num_epochs=3), workdir, str(tfds_dir), str(mnist_dir))
     err = capsys.readouterr().err
     assert f"Checkpoint step {newest} is damaged: {damaged_file}" in err
     assert f"Resuming {workdir} from step {previous}." in err
-    assert checkpoint.damage(workdir / "damaged" / str(newest)) is not None
+    assert integrity.damage(workdir / "damaged" / str(newest)) is not None
     assert max(checkpoint.steps(workdir)[0]) == 96
-    assert checkpoint.damage(workdir / "checkpoints" / "96") is None
+    assert integrity.damage(workdir / "checkpoints" / "96") is None
 
 
 def test_every_step_damaged_is_a_clear_error_and_nothing_changes(finished, tmp_path, tfds_dir, mnist_dir):
@@ -209,7 +213,7 @@ def test_every_step_damaged_is_a_clear_error_and_nothing_changes(finished, tmp_p
     with pytest.raises(UserError, match="Every checkpoint in .* is damaged"):
         checkpoint.load_for_inference(workdir)
     with pytest.raises(UserError, match="Every checkpoint in .* is damaged .* Nothing was changed"):
-        train.train_and_evaluate(_config(), workdir, str(tfds_dir), str(mnist_dir))
+        trainer.train_and_evaluate(_config(), workdir, str(tfds_dir), str(mnist_dir))
     assert sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
 
 
@@ -247,8 +251,8 @@ def test_no_space_left_is_a_clear_error_and_keeps_older_checkpoints(tmp_path, ru
     assert "the checkpoints saved before (steps 10, 20) are intact" in message
     kept = out / "after_full"
     assert checkpoint.steps(kept)[0] == [10, 20]
-    assert not list((kept / "checkpoints").glob(f"*{checkpoint.TMP_SUFFIX}*")), "the partial step is removed"
-    assert all(checkpoint.damage(kept / "checkpoints" / s) is None for s in ("10", "20"))
+    assert not list((kept / "checkpoints").glob(f"*{orbax_internals.TMP_SUFFIX}*")), "the partial step is removed"
+    assert all(integrity.damage(kept / "checkpoints" / s) is None for s in ("10", "20"))
     assert checkpoint.load_for_inference(kept, step=20).step == 20
 
     assert (out / "freed.rc").read_text().strip() == "0", (out / "freed.err").read_text()[-3000:]

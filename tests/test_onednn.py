@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digitjax import bench, conv, onednn, train
+from digitjax import bench, conv, onednn, trainer
+from digitjax.train import EXPERIMENTS
 
 # Where Debian's libdnnl-dev is installed (CI installs it) and oneDNN is not switched off, the build
 # must work: a broken build would otherwise pass unnoticed, with digitjax's slower convolutions.
@@ -61,6 +62,7 @@ def test_channel_block_follows_the_isa_oneDNN_runs_with(cap):
         assert isas == {"avx2"}
 
 
+@pytest.mark.slow  # compiles with g++ in subprocesses
 @needs_onednn
 def test_build_is_an_explicit_step_and_is_redone_when_stale(tmp_path):
     # Loading never compiles: without a build, oneDNN is off until `prepare` or the command builds it.
@@ -83,6 +85,7 @@ def test_build_is_an_explicit_step_and_is_redone_when_stale(tmp_path):
     assert library.read_bytes()[:4] == b"\x7fELF"
 
 
+@pytest.mark.slow  # fresh processes, one a failing compiler
 @pytest.mark.parametrize(
     "env, warning",
     [
@@ -161,11 +164,10 @@ def test_vmap_runs_the_custom_calls_once_per_example():
 
 @needs_onednn
 def test_seed_training_step_runs_its_convolutions_by_the_planned_routes():
-    config = bench.load_config(str(train.EXPERIMENTS / "seed.py"))
-    model, optimizer, metrics, images, labels, order = bench.synthetic_run(config, n=256)
-    hlo = train.lower_train_steps(model, optimizer, metrics, images, labels, order, jax.random.key(0)).compile()
-    hlo = hlo.as_text()
-    routes = {c.layer: c.route for c in conv.plan(model, (config.batch_size, 28, 28, 1))}
+    config = bench.load_config(str(EXPERIMENTS / "seed.py"))
+    state, batches, options = bench.synthetic_run(config, n=256)
+    hlo = trainer.lower_train_steps(state, batches, jax.random.key(0), options).compile().as_text()
+    routes = {c.layer: c.route for c in conv.plan(state.model, (config.batch_size, 28, 28, 1))}
     assert set(routes.values()) <= {"onednn", "winograd", "shifted"}, routes  # on a CPU, never XLA's
     assert routes["conv2"] == "onednn"  # both families have fast kernels for it (this machine's are above)
     # Each oneDNN layer: a forward and a weight gradient, and an input gradient past the first

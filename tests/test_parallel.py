@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitjax import checkpoint
+from digitjax import checkpoint, integrity
 from digitjax import metrics as metrics_lib
 from experiments.bench_serve import free_port
+
+# Trains on the real MNIST, in subprocesses as a user would: the full suite only.
+pytestmark = pytest.mark.slow
+
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 64  # the smoke run's
@@ -139,7 +143,7 @@ def test_two_processes_on_loopback_train_and_resume_the_same_run(tmp_path, one_d
     _assert_same_run(workdir, one_device, saved_arrays)
     meta = checkpoint.load_for_inference(workdir, step=STEPS).meta
     assert meta["devices"] == 4 and meta["processes"] == 2
-    assert checkpoint.damage(workdir / "checkpoints" / str(STEPS)) is None
+    assert integrity.damage(workdir / "checkpoints" / str(STEPS)) is None
     # Both processes restore the checkpoint they saved together, and go on.
     outs = _two_processes(start_training, workdir, "--config.num_epochs=3")
     assert f"Resuming {workdir} from step {STEPS}." in outs[0][1] and "step 96, test accuracy" in outs[0][0]

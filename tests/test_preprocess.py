@@ -15,6 +15,7 @@ def centre_of_mass(image):
     return (w.sum(1) * np.arange(28)).sum() / w.sum(), (w.sum(0) * np.arange(28)).sum() / w.sum()
 
 
+@pytest.mark.slow
 def test_mnist_digits_come_out_almost_unchanged(test_split):
     """MNIST's own digits are already normalised: the function must (nearly) leave them be."""
     images = test_split.images_NxHxW[:200]

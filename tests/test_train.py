@@ -1,63 +1,70 @@
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from digitjax import augment, data, train
+from digitjax import augment, checkpoint, data, metrics, optim, trainer
 from digitjax import model as model_lib
 from digitjax.errors import UserError
-from experiments import best, default, fast, seed, smoke
+from digitjax.train import EXPERIMENTS
+from experiments import best, custom_model, default, fast, seed, smoke
 
 
-@pytest.mark.parametrize("module", [default, fast, seed, smoke, best])
-def test_configs_build_an_optimizer(module):
+@pytest.mark.parametrize("module", [default, fast, seed, smoke, best, custom_model])
+def test_configs_build_an_optimizer_and_their_model(module):
     config = module.get_config()
-    tx, schedule = train.make_optimizer(config, total_steps=100)
+    tx, schedule = optim.make_optimizer(config, total_steps=100)
     assert float(schedule(50)) > 0
-    assert config.model in model_lib.MODELS
+    model = model_lib.create(config.model, 0, conv="xla")
+    model.eval()
+    logits = model(jnp.zeros((2, *model_lib.INPUT_SHAPE)))
+    assert logits.shape == (2, model_lib.NUM_CLASSES)
 
 
 def test_seed_recipe_is_the_keras_one():
     config = seed.get_config()
-    assert (config.model, config.optimizer, config.learning_rate, config.batch_size, config.num_epochs) == (
-        "seed",
-        "adadelta",
-        1.0,
-        128,
-        10,
-    )
+    recipe = (config.model, config.optimizer, config.learning_rate, config.batch_size, config.num_epochs)
+    assert recipe == ("seed", "adadelta", 1.0, 128, 10)
 
 
 def test_unknown_optimizer_is_a_user_error():
     config = default.get_config()
     config.optimizer = "adamax"
     with pytest.raises(UserError, match="Unknown optimizer 'adamax'"):
-        train.make_optimizer(config, 10)
+        optim.make_optimizer(config, 10)
 
 
-def test_train_step_learns_a_fixed_batch(test_split):
-    config = smoke.get_config()
-    model = model_lib.create("fast", seed=0)
-    tx, _ = train.make_optimizer(config, total_steps=40)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
-    images, labels = jax.device_put((test_split.images_NxHxW[:64], test_split.labels_N[:64]))
-    order = jnp.arange(64).reshape(2, 32)
+def _state(config, model_name: str = "fast", ema: bool = False) -> trainer.TrainState:
+    model = model_lib.create(model_name, seed=0)
+    optimizer = nnx.Optimizer(model, optim.make_optimizer(config, 40)[0], wrt=nnx.Param)
+    metrics_ = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
     model.train()
+    return trainer.TrainState(model, optimizer, metrics_, trainer.weight_average(model) if ema else None)
+
+
+def test_train_step_learns_a_fixed_batch(digits):
+    config = smoke.get_config()
+    state = _state(config)
+    images, labels = jax.device_put(digits(64, seed=0))
+    batches = trainer.Batches(images, labels, jnp.arange(64).reshape(2, 32))
     losses = []
     for i in range(40):
-        train.train_step(model, optimizer, metrics, None, images, labels, order, i % 2, jax.random.key(0))
+        trainer.train_step(state, batches, i % 2, jax.random.key(0), trainer.Options())
         if i % 10 == 9:
-            losses.append(float(metrics.compute()["loss"]))
-            metrics.reset()
-    assert int(optimizer.step[...]) == 40
+            losses.append(float(state.metrics.compute()["loss"]))
+            state.metrics.reset()
+    assert int(state.optimizer.step[...]) == 40
     assert losses[-1] < 0.3 * losses[0], losses
 
 
 def test_all_finite():
-    assert bool(train.all_finite({"a": jnp.ones(3), "b": jnp.zeros(2)}))
-    assert not bool(train.all_finite({"a": jnp.ones(3), "b": jnp.array([0.0, jnp.nan])}))
+    assert bool(trainer.all_finite({"a": jnp.ones(3), "b": jnp.zeros(2)}))
+    assert not bool(trainer.all_finite({"a": jnp.ones(3), "b": jnp.array([0.0, jnp.nan])}))
 
 
 def test_epoch_order_covers_the_split_once():
@@ -66,44 +73,72 @@ def test_epoch_order_covers_the_split_once():
 
 
 @pytest.mark.parametrize("recipe", ["plain", "augmented with an average"])
-def test_many_steps_per_dispatch_equal_single_steps(test_split, recipe):
+def test_many_steps_per_dispatch_equal_single_steps(digits, recipe):
     """The trainer's chunked loop is the same algorithm as stepping one batch at a time."""
     config = smoke.get_config()
-    aug, ema_decay = (augment.Augment(10, 0.1, 2, 1), 0.9) if recipe != "plain" else (None, 0.0)
-    images, labels = jax.device_put((test_split.images_NxHxW[:256], test_split.labels_N[:256]))
-    order = data.epoch_order(jax.random.key(0), 0, 256, 32)
+    averaged = recipe != "plain"
+    options = trainer.Options(augment.Augment(10, 0.1, 2, 1), 0.9) if averaged else trainer.Options()
+    images, labels = jax.device_put(digits(256, seed=0))
+    batches = trainer.Batches(images, labels, data.epoch_order(jax.random.key(0), 0, 256, 32))
     runs = []
     for chunked in (False, True):
-        model = model_lib.create("seed", seed=0)
-        ema = train.weight_average(model) if ema_decay else None
-        optimizer = nnx.Optimizer(model, train.make_optimizer(config, 8)[0], wrt=nnx.Param)
-        metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
-        model.train()
+        state = _state(config, "seed", ema=averaged)
         key = jax.random.key(1)
         if chunked:
-            train.train_steps(model, optimizer, metrics, images, labels, order, 0, 3, key, ema, aug, ema_decay)
-            train.train_steps(model, optimizer, metrics, images, labels, order, 3, 5, key, ema, aug, ema_decay)
+            trainer.train_steps(state, batches, 0, 3, key, options)
+            trainer.train_steps(state, batches, 3, 5, key, options)
         else:
             for i in range(8):
-                train.train_step(model, optimizer, metrics, ema, images, labels, order, i, key, aug, ema_decay)
-        averaged = jax.tree.leaves(nnx.state(ema, nnx.Param)) if ema is not None else []
-        runs.append((jax.tree.leaves(nnx.state(model, nnx.Param)), averaged, float(metrics.compute()["loss"])))
-    assert int(optimizer.step[...]) == 8
+                trainer.train_step(state, batches, i, key, options)
+        average = jax.tree.leaves(nnx.state(state.ema, nnx.Param)) if averaged else []
+        runs.append((jax.tree.leaves(nnx.state(state.model, nnx.Param)), average, state))
+    assert int(runs[1][2].optimizer.step[...]) == 8
     for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert runs[0][2] == pytest.approx(runs[1][2], rel=1e-5)
-    if ema_decay:  # the average trails the weights: after 8 steps it differs from them
+    losses = [float(r[2].metrics.compute()["loss"]) for r in runs]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    if averaged:  # the average trails the weights: after 8 steps it differs from them
         assert not np.allclose(runs[1][0][0], runs[1][1][0])
 
 
-def test_bench_smoke_prints_its_figures():
-    import json
-    import subprocess
-    import sys
+def test_run_on_synthetic_digits_learns_logs_and_checkpoints(synthetic_checkpoints):
+    workdir = synthetic_checkpoints / "synthetic"
+    records = metrics.read(workdir)
+    assert {r["split"] for r in records} == {"train", "test", "val"}
+    tests = [r for r in records if r["split"] == "test"]
+    assert len(tests) == 1 and tests[0]["accuracy"] > 0.9, tests  # chance is 0.1
+    steps, best_step = checkpoint.steps(workdir)
+    assert best_step == 78 and 78 in steps  # 2,500 images / batch 32: the epoch's end
+    restored = checkpoint.load_for_inference(workdir)
+    assert restored.meta["test_accuracy"] == tests[0]["accuracy"]
+    assert restored.meta["conv_routes"]["train"].keys() == {"conv1", "conv2"}
 
+
+def test_a_model_defined_outside_digitjax_trains_from_its_config(synthetic_tfds, digits, tmp_path):
+    """experiments/custom_model.py: a model that is not in the zoo, named `module:Name` by its config."""
+    config = custom_model.get_config()
+    config.num_epochs, config.validation_size, config.batch_size = 2, 0, 64
+    result = trainer.train_and_evaluate(config, tmp_path / "custom", str(synthetic_tfds), mnist_dir="/nonexistent")
+    assert result["step"] == 2 * (3000 // 64) and result["test_accuracy"] > 0.9, result
+    restored = checkpoint.load_for_inference(tmp_path / "custom")
+    assert type(restored.model) is custom_model.TinyCNN and restored.config.model == config.model
+    images, labels = digits(200, seed=7)
+    predicted = restored.model(model_lib.to_input(jnp.asarray(images))).argmax(-1)
+    assert (np.asarray(predicted) == labels).mean() > 0.9
+
+
+def test_a_model_that_does_not_import_is_a_user_error():
+    with pytest.raises(UserError, match="Could not load model 'experiments.nowhere:Net'"):
+        model_lib.create("experiments.nowhere:Net", 0)
+    with pytest.raises(UserError, match="Unknown model 'resnet'.*package.module:Name"):
+        model_lib.create("resnet", 0)
+
+
+@pytest.mark.slow
+def test_bench_smoke_prints_its_figures():
     proc = subprocess.run(
         [sys.executable, "-m", "digitjax.bench", "--config", "experiments/smoke.py", "--smoke", "--baseline"],
-        cwd=train.EXPERIMENTS.parent,
+        cwd=EXPERIMENTS.parent,
         capture_output=True,
         text=True,
         timeout=300,

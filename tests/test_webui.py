@@ -1,4 +1,7 @@
-"""The Flask app through its test client: every endpoint and every bad input."""
+"""The Flask app through its test client: every endpoint and every bad input.
+
+`app` serves a run trained on synthetic digits (fast tier); `mnist_app` a small real MNIST run,
+for what only a competent model shows (slow)."""
 
 import base64
 import io
@@ -14,13 +17,23 @@ from webui import create_app
 
 
 @pytest.fixture(scope="module")
-def app(served_checkpoints):
-    return create_app({"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None})
+def app(synthetic_checkpoints):
+    return create_app({"CHECKPOINTS_DIR": str(synthetic_checkpoints), "WORKDIR": None})
 
 
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def mnist_app(served_checkpoints):
+    return create_app({"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None})
+
+
+@pytest.fixture
+def mnist_client(mnist_app):
+    return mnist_app.test_client()
 
 
 def png(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> bytes:
@@ -39,9 +52,9 @@ def canvas_of(digit_28x28: np.ndarray, scale: int = 8, offset=(30, 50), dark_on_
 
 def test_healthz_model_and_openapi(client):
     health = client.get("/healthz")
-    assert health.status_code == 200 and health.json == {"status": "ok", "run": "tiny", "runs": 1}
+    assert health.status_code == 200 and health.json == {"status": "ok", "run": "synthetic", "runs": 1}
     info = client.get("/api/model").json
-    assert info["default"] == "tiny" and info["runs"][0]["model"] == "fast" and info["runs"][0]["step"] > 0
+    assert info["default"] == "synthetic" and info["runs"][0]["model"] == "fast" and info["runs"][0]["step"] == 78
     spec = client.get("/api/openapi.json").json
     assert spec["openapi"].startswith("3.") and set(spec["paths"]) == {"/api/predict", "/api/model", "/healthz"}
 
@@ -54,8 +67,18 @@ def test_page_serves_canvas_and_static_files(client):
     assert client.get("/static/app.css").status_code == 200
 
 
+def test_pixels_are_answered_by_the_served_run(client, digits):
+    images, labels = digits(50, seed=11)
+    answers = [client.post("/api/predict", json={"pixels": image.ravel().tolist()}).json for image in images]
+    assert all(a["run"] == "synthetic" and len(a["probabilities"]) == 10 for a in answers)
+    assert all(a["label"] == int(np.argmax(a["probabilities"])) for a in answers)
+    assert np.mean([a["label"] == label for a, label in zip(answers, labels)]) > 0.9  # it learnt them; chance 0.1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("dark_on_light", [True, False])
-def test_predict_multipart_png_either_polarity(client, test_split, dark_on_light):
+def test_predict_multipart_png_either_polarity(mnist_client, test_split, dark_on_light):
+    client = mnist_client
     image = canvas_of(test_split.images_NxHxW[0], dark_on_light=dark_on_light)
     r = client.post("/api/predict", data={"image": (io.BytesIO(png(image)), "digit.png")})
     assert r.status_code == 200, r.json
@@ -68,7 +91,9 @@ def test_predict_multipart_png_either_polarity(client, test_split, dark_on_light
     assert body["model_ms"] > 0 and body["run"] == "tiny"
 
 
-def test_predict_json_data_url_jpeg_and_pixels(client, test_split):
+@pytest.mark.slow
+def test_predict_json_data_url_jpeg_and_pixels(mnist_client, test_split):
+    client = mnist_client
     for i, fmt in ((1, "PNG"), (2, "JPEG")):
         data = base64.b64encode(png(canvas_of(test_split.images_NxHxW[i]), fmt)).decode()
         r = client.post("/api/predict", json={"image": f"data:image/{fmt.lower()};base64,{data}", "saliency": False})
@@ -88,14 +113,15 @@ def test_empty_canvas_predicts_nothing_and_a_dot_is_unsure(client):
     assert r.json["unsure"] and r.json["reason"] == "this does not look like a digit"
 
 
-def test_requests_compile_nothing(app, test_split):
+def test_requests_compile_nothing(app, digits):
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, *_a, **_k: compiles.append(event) if "compile" in event else None
     )
     client = app.test_client()
-    for i in range(3):
-        client.post("/api/predict", data={"image": (io.BytesIO(png(canvas_of(test_split.images_NxHxW[i]))), "d.png")})
+    for image in digits(3, seed=5)[0]:
+        answer = client.post("/api/predict", data={"image": (io.BytesIO(png(canvas_of(image))), "d.png")})
+        assert answer.status_code == 200 and answer.json["saliency"] is not None
     assert compiles == []
 
 
@@ -167,16 +193,17 @@ def test_no_checkpoint_says_how_to_train(tmp_path):
     assert r.status_code == 503 and "python -m digitjax.train" in r.json["error"]
 
 
-def test_workdir_picks_the_default_run(served_checkpoints, tmp_path):
-    app = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": str(served_checkpoints / "tiny")})
-    assert app.test_client().get("/api/model").json["default"] == "tiny"
+def test_workdir_picks_the_default_run(synthetic_checkpoints, tmp_path):
+    app = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": str(synthetic_checkpoints / "synthetic")})
+    assert app.test_client().get("/api/model").json["default"] == "synthetic"
     broken = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": str(tmp_path / "missing")})
     assert broken.test_client().get("/healthz").status_code == 503
 
 
-def test_parity_of_canvas_sized_digits_with_plain_evaluation(app, test_split):
+@pytest.mark.slow
+def test_parity_of_canvas_sized_digits_with_plain_evaluation(mnist_app, test_split):
     """A sample of the full check (`python -m experiments.parity`): same accuracy through the API."""
-    result = parity.measure(app, test_split, n=300)
+    result = parity.measure(mnist_app, test_split, n=300)
     assert result["api_accuracy"] >= result["plain_accuracy"] - 0.01, result
 
 
@@ -198,7 +225,7 @@ def test_hostile_json_is_a_4xx_not_a_crash(client):
     assert "0 to 255" in client.post("/api/predict", json={"pixels": huge}).json["error"]
 
 
-def test_fuzz_no_5xx_json_4xx_and_no_file_read_outside_the_app(app, client, served_checkpoints):
+def test_fuzz_no_5xx_json_4xx_and_no_file_read_outside_the_app(app, client, synthetic_checkpoints):
     """A short run of the API fuzz (experiments/fuzz_api.py), watching every file the server opens."""
     import os
     import sys
@@ -224,6 +251,8 @@ def test_fuzz_no_5xx_json_4xx_and_no_file_read_outside_the_app(app, client, serv
 
     statuses = fuzz_api.fuzz(send, 300)
     assert sum(statuses.values()) >= 300 and {200, 400, 404} <= set(statuses) and len(statuses) >= 4
-    allowed = [str(Path(p).resolve()) for p in (Path(app.root_path), served_checkpoints, sys.prefix, sys.base_prefix)]
+    allowed = [
+        str(Path(p).resolve()) for p in (Path(app.root_path), synthetic_checkpoints, sys.prefix, sys.base_prefix)
+    ]
     outside = {p for p in opened if not any(p.startswith(root + os.sep) for root in allowed) and p != "/dev/urandom"}
     assert not outside, sorted(outside)[:10]
