@@ -95,6 +95,7 @@ class RunCheckpoints:
         """Locks the workdir, checks it holds this run, moves damaged steps aside, drops unfinished ones."""
         self._lock = workdir_lib.lock(self.workdir)
         found = integrity.committed_steps(self.root)
+        intact, damaged = None, {}
         try:
             if found:
                 fix = _TRAIN_FIX.format(workdir=self.workdir)
@@ -103,7 +104,7 @@ class RunCheckpoints:
         except UserError:
             self._lock.close()
             raise
-        for step, why in damaged.items() if found else ():
+        for step, why in damaged.items():
             moved = integrity.move_aside(self.root / str(step), self.workdir / "damaged")
             self.notes.append(
                 f"Checkpoint step {step} is damaged: {why}. Moved it to {moved}; resuming from step {intact}."

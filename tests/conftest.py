@@ -133,13 +133,12 @@ def saved_arrays():
     """Every array a run saved at a step (model, weight average, optimizer, RNG), as numpy, by path."""
     import jax
     import numpy as np
-
-    from digitjax import checkpoint
+    import orbax.checkpoint as ocp
 
     def arrays(workdir: Path, step: int) -> dict:
         # Onto this process's first device, whatever mesh wrote them.
         here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        checkpointer = checkpoint.ocp.StandardCheckpointer()
+        checkpointer = ocp.StandardCheckpointer()
         out = {}
         for name in ("model", "ema", "opt", "rng"):
             path = Path(workdir) / "checkpoints" / str(step) / name

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from digitjax import checkpoint
@@ -239,8 +240,8 @@ def test_augmented_averaged_run_resumes_and_serves_its_average(tmp_path, start_t
     assert result["labels_changed_since_training"] == 0
     served = checkpoint.load_for_inference(workdir, step=64).model
     mngr = checkpoint.open_read_only(workdir)
-    restore = checkpoint.ocp.args.StandardRestore
-    items = mngr.restore(64, args=checkpoint.ocp.args.Composite(model=restore(), ema=restore()))
+    restore = ocp.args.StandardRestore
+    items = mngr.restore(64, args=ocp.args.Composite(model=restore(), ema=restore()))
     mngr.close()
     kernel = np.asarray(served.dense2.kernel[...])
     np.testing.assert_array_equal(kernel, items["ema"]["dense2"]["kernel"])
