@@ -15,7 +15,7 @@ import functools
 import gzip
 import hashlib
 import os
-import shutil
+import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -27,8 +27,9 @@ from digitjax.errors import UserError
 
 MNIST_DIR_ENV = "DIGITJAX_MNIST_DIR"
 TFDS_DIR_ENV = "TFDS_DATA_DIR"
-# Where the stock TFDS builder downloads from; its registered .gz checksums are used below.
-MIRROR = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+# Where digitjax writes its own array_record copy when the data dir holds another `mnist` (say
+# the TFRecord copy TensorFlow and the Flax examples prepare), which it never touches.
+OWN_SUBDIR = "digitjax"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,34 +116,33 @@ def read_idx_dir(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     return {key: read_idx(_find(folder, spec), spec) for key, spec in IDX_FILES.items()}
 
 
-def _registered_checksums() -> dict[str, str]:
-    """TFDS's registered sha256 of each .gz file on the mirror, by file name."""
-    import tensorflow_datasets as tfds
+def registered_downloads() -> dict[str, tuple[str, str]]:
+    """The stock TFDS `mnist` builder's own record of its files: name -> (URL, sha256 of the .gz)."""
+    from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-    table = Path(tfds.__file__).parent / "url_checksums" / "mnist.txt"
-    rows = (line.split("\t") for line in table.read_text().splitlines() if line.strip())
-    return {row[3].strip(): row[2] for row in rows}
+    return {info.filename: (url, info.checksum) for url, info in tfds_mnist.MNIST.url_infos.items()}
 
 
 def download(dest: Path) -> Path:
-    """Downloads the four .gz files from the TFDS mirror, checked against TFDS's checksums."""
+    """Downloads the four .gz files from where TFDS does, checked against TFDS's registered checksums."""
     dest.mkdir(parents=True, exist_ok=True)
-    checksums = _registered_checksums()
+    registered = registered_downloads()
     for spec in IDX_FILES.values():
         name = f"{spec.name}.gz"
+        url, checksum = registered[name]
         target = dest / name
-        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == checksums[name]:
+        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == checksum:
             continue
         try:
-            with urllib.request.urlopen(MIRROR + name, timeout=30) as response:
+            with urllib.request.urlopen(url, timeout=30) as response:
                 payload = response.read()
         except OSError as e:
             raise UserError(
-                f"Could not download {MIRROR}{name} ({e}). Without internet access, get the "
+                f"Could not download {url} ({e}). Without internet access, get the "
                 f"four MNIST IDX files some other way and pass their folder with --mnist_dir "
                 f"(or {MNIST_DIR_ENV})."
             )
-        if hashlib.sha256(payload).hexdigest() != checksums[name]:
+        if hashlib.sha256(payload).hexdigest() != checksum:
             raise UserError(
                 f"The download of {name} does not match TFDS's registered checksum; try again "
                 f"later or use --mnist_dir with a local copy."
@@ -183,18 +183,43 @@ def data_dir_or_default(data_dir: str | None) -> Path:
     return Path(data_dir or os.environ.get(TFDS_DIR_ENV) or "~/tensorflow_datasets").expanduser()
 
 
-def is_prepared(data_dir: str | None = None) -> bool:
+def _version_dir(root: Path) -> Path:
     from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-    info = data_dir_or_default(data_dir) / "mnist" / str(tfds_mnist.MNIST.VERSION) / "dataset_info.json"
+    return root / "mnist" / str(tfds_mnist.MNIST.VERSION)
+
+
+def is_prepared(data_dir: str | None = None) -> bool:
+    """Whether the data dir holds TFDS `mnist` as array_record (digitjax's or anyone's): readable as is."""
+    info = _version_dir(data_dir_or_default(data_dir)) / "dataset_info.json"
     return info.is_file() and any(info.parent.glob("mnist-train.array_record*"))
 
 
-def prepare(data_dir: str | None = None, mnist_dir: str | None = None) -> Path:
-    """Writes TFDS `mnist` as array_record into data_dir unless it is there already."""
+def readable_root(data_dir: str | None = None) -> Path:
+    """The TFDS data dir digitjax reads `mnist` from: the data dir itself, unless it holds another
+    copy (another format) there, which is left as it is; then digitjax's own beside it."""
     root = data_dir_or_default(data_dir)
+    if is_prepared(str(root)) or not _version_dir(root).exists():
+        return root
+    return root / OWN_SUBDIR
+
+
+def prepare(data_dir: str | None = None, mnist_dir: str | None = None) -> Path:
+    """Writes TFDS `mnist` as array_record unless it is readable already; returns the data dir to read.
+
+    Never deletes or rewrites a dataset it did not write: where the data dir holds another copy of
+    `mnist` (e.g. TFRecord, which only TensorFlow reads), digitjax writes its own under
+    `<data dir>/digitjax/` and says so."""
+    root = readable_root(data_dir)
     if is_prepared(str(root)):
         return root
+    if root.name == OWN_SUBDIR:
+        other = _version_dir(root.parent)
+        print(
+            f"{other} holds TFDS mnist in a format digitjax cannot read without TensorFlow; it is left as it is. "
+            f"digitjax writes its own array_record copy to {_version_dir(root)}.",
+            file=sys.stderr,
+        )
     mnist_dir = mnist_dir or os.environ.get(MNIST_DIR_ENV)
     idx_dir = Path(mnist_dir).expanduser() if mnist_dir else download(root / "downloads" / "mnist_idx")
     # Read and checked before TFDS creates anything.
@@ -202,21 +227,21 @@ def prepare(data_dir: str | None = None, mnist_dir: str | None = None) -> Path:
 
 
 def write_tfds(root: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Writes `arrays` (keyed as IDX_FILES: uint8 images NxHxW, labels N) as TFDS `mnist` under `root`.
+    """Writes `arrays` (keyed as IDX_FILES: uint8 images NxHxW, labels N) as TFDS `mnist` under `root`,
+    which must not hold it yet.
 
     Built beside the target and moved into place, so an interrupted build leaves nothing that
     looks prepared. Tests write synthetic digits this way; `prepare` writes MNIST's."""
     root = Path(root)
+    target = _version_dir(root)
+    if target.exists():
+        raise UserError(f"{target} exists already; digitjax writes a dataset only where there is none.")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".mnist-build-") as tmp:
         builder = _builder_class()(arrays=arrays, data_dir=tmp, file_format="array_record")
         builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
-        (root / "mnist").mkdir(exist_ok=True)
-        version_dir = Path(builder.data_dir)
-        target = root / "mnist" / version_dir.name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(version_dir, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(builder.data_dir, target)
     return root
 
 

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -104,9 +105,19 @@ def test_prepare_refuses_damaged_files_and_writes_nothing(mnist_dir, tmp_path):
 
 def test_no_data_and_no_network_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.delenv(data.MNIST_DIR_ENV, raising=False)
-    monkeypatch.setattr(data, "MIRROR", "http://127.0.0.1:9/")  # nothing listens on the discard port
-    with pytest.raises(UserError, match="--mnist_dir"):
+    registered = data.registered_downloads()
+    # Nothing listens on the discard port.
+    unreachable = {name: (f"http://127.0.0.1:9/{name}", sha) for name, (_, sha) in registered.items()}
+    monkeypatch.setattr(data, "registered_downloads", lambda: unreachable)
+    with pytest.raises(UserError, match="Could not download http://127.0.0.1:9/.*--mnist_dir"):
         data.prepare(str(tmp_path / "tfds"))
+
+
+def test_downloads_are_those_tfds_registers():
+    registered = data.registered_downloads()
+    assert set(registered) == {f"{spec.name}.gz" for spec in data.IDX_FILES.values()}
+    for name, (url, sha256) in registered.items():
+        assert url.startswith("https://") and url.endswith(name) and len(sha256) == 64
 
 
 def test_epoch_order_is_seeded_full_batches():
@@ -130,3 +141,32 @@ def test_splits_hold_out_validation_and_read_tfds(synthetic_tfds):
     whole = data.load("train", str(synthetic_tfds)).labels_N
     np.testing.assert_array_equal(evaluated["val"].labels_N, whole[-400:])  # the tail, apart from training
     np.testing.assert_array_equal(train.labels_N, whole[:1000])
+
+
+# A TFRecord TFDS `mnist/3.0.1` as TensorFlow writes it (32 random images, made by TFDS with
+# TensorFlow): the copy a TensorFlow or Flax-examples user already has in ~/tensorflow_datasets.
+TFRECORD_TFDS = Path(__file__).parent / "data" / "tfrecord_tfds"
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_another_tools_tfds_mnist_is_left_byte_for_byte(tmp_path, run_cli):
+    data_dir = tmp_path / "tensorflow_datasets"
+    shutil.copytree(TFRECORD_TFDS, data_dir)  # copies the mtimes too
+    before = _files(data_dir / "mnist")
+    assert any(name.endswith("tfrecord-00000-of-00001") for name in before)
+    env = {"TFDS_DATA_DIR": str(data_dir)}
+    prepared = run_cli("digitjax.data", "--data_dir", str(data_dir), **env)
+    own = data_dir / data.OWN_SUBDIR / "mnist" / "3.0.1"
+    assert f"{data_dir / 'mnist' / '3.0.1'} holds TFDS mnist in a format" in prepared.stderr
+    assert f"writes its own array_record copy to {own}" in prepared.stderr
+    assert "train: 60000 images" in prepared.stdout and any(own.glob("mnist-train.array_record*"))
+    workdir = tmp_path / "run"
+    run_cli("digitjax.train", "--config", "experiments/smoke.py", "--workdir", str(workdir), **env)
+    report = run_cli("digitjax.evaluate", "--workdir", str(workdir), "--json", **env)
+    assert '"test_accuracy"' in report.stdout
+    assert _files(data_dir / "mnist") == before, "not one byte or mtime of the TFRecord copy changed"
+    assert data.readable_root(str(data_dir)) == data_dir / data.OWN_SUBDIR
