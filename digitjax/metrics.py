@@ -11,6 +11,11 @@ def metrics_path(workdir: str | Path) -> Path:
     return Path(workdir) / "metrics.jsonl"
 
 
+def tensorboard_dir(workdir: str | Path) -> Path:
+    """TensorBoard's logdir for a run: scalars, the config as hparams, and profiles (digitjax/profiling.py)."""
+    return Path(workdir) / "tensorboard"
+
+
 def read(workdir: str | Path) -> list[dict]:
     path = metrics_path(workdir)
     if not path.is_file():
@@ -42,7 +47,20 @@ class MetricWriter:
         # the resumed run writes them again, so drop them rather than keep two versions.
         kept = [r for r in read(workdir) if r["step"] <= resume_step]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self.tb = SummaryWriter(str(tensorboard_dir(workdir)), purge_step=resume_step + 1 if resume_step else None)
+
+    def write_config(self, config) -> None:
+        """The run's config as TensorBoard hparams, beside the accuracies they led to."""
+        from tensorboardX.summary import hparams
+
+        if not self.enabled:
+            return
+        flat = {}
+        for key, value in config.to_dict().items():
+            flat[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+        metrics = {f"{split}/accuracy": None for split in ("test", "val")}
+        for summary in hparams(flat, metrics):
+            self.tb.file_writer.add_summary(summary)
 
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:

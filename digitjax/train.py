@@ -83,7 +83,9 @@ def main(argv) -> None:
     workdir = Path(
         _WORKDIR.value or Path("checkpoints") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     )
-    logging.set_verbosity(logging.ERROR)  # orbax logs every save at INFO and WARNING
+    if not flags.FLAGS["verbosity"].present:
+        # Quiet unless asked (--verbosity=0 shows all): Orbax logs every save at INFO and WARNING.
+        logging.set_verbosity(logging.ERROR)
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value)
     orbax_internals.quiet_failed_saves()
     # Compiled steps persist across runs (a resumed or repeated run skips compiling).

@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from digitjax import augment, conv, data, evaluate, onednn, optim, parallel
+from digitjax import augment, conv, data, evaluate, onednn, optim, parallel, profiling
 from digitjax import checkpoint as checkpoint_lib
 from digitjax import metrics as metrics_lib
 from digitjax import model as model_lib
@@ -256,6 +256,7 @@ class Run:
     data_key: jax.Array | None = None  # draws each epoch's order
     dropout_key: jax.Array | None = None  # dropout's, and augmentation's, folded with the step
     writer: metrics_lib.MetricWriter | None = None
+    trace: profiling.StepTrace | None = None
     clock: Clock = dataclasses.field(default_factory=Clock)
     log_start: tuple[float, int] = (0.0, 0)  # wall time and step where the logged interval began
     bar: tqdm | None = None
@@ -308,10 +309,13 @@ def start(config: ml_collections.ConfigDict, workdir: Path, data_dir: str | None
         "conv_routes": routes,
     }
     options = Options.from_config(config)
+    trace = profiling.StepTrace(tuple(config.get("profile_steps", ())), metrics_lib.tensorboard_dir(workdir))
     run = Run(config, workdir, state, options, schedule, batches, num_train, evaluations, ckpts, meta, say)
     try:
         _resume(run)
+        run.trace = trace
         run.writer = metrics_lib.MetricWriter(workdir, resume_step=run.step, enabled=parallel.is_main())
+        run.writer.write_config(config)
         bar = {"unit": "step", "dynamic_ncols": True, "mininterval": 1.0, "disable": not parallel.is_main()}
         run.bar = tqdm(total=run.total_steps, initial=run.step, **bar)
         return run
@@ -375,10 +379,13 @@ def _dispatch(run: Run) -> jax.Array:
         order_SxB = data.epoch_order(run.data_key, step // per_epoch, run.num_train, c.batch_size)
         run.batches = run.batches._replace(order_SxB=order_SxB)
     periods = (c.log_every_steps, c.checkpoint_every_steps, per_epoch)
-    until = min([step + p - step % p for p in periods] + [run.total_steps, step + c.steps_per_dispatch])
+    ends = [step + p - step % p for p in periods] + [run.total_steps, step + c.steps_per_dispatch]
+    until = min(ends + run.trace.boundaries(step))
+    run.trace.before_dispatch(step)
     started = time.perf_counter()
     done = train_steps(run.state, run.batches, step % per_epoch, until - step, run.dropout_key, run.options)
     run.clock.dispatched(started)
+    run.trace.after_dispatch(until, done)
     run.bar.update(until - step)
     run.step = until
     return done
@@ -463,6 +470,7 @@ def _stop(run: Run, signum: int) -> dict:
 
 
 def _close(run: Run) -> None:
+    run.trace.stop()
     run.bar.close()
     try:
         run.writer.close()

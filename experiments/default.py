@@ -35,4 +35,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 100  # steps between training-metric records (the only host syncs)
     c.checkpoint_every_steps = 200  # steps between mid-epoch checkpoints; every epoch end saves too
     c.keep_latest = 2  # newest checkpoints kept, besides the best by validation accuracy
+    c.profile_steps = ()  # (first, last): a jax.profiler trace of those steps into workdir/tensorboard; () for none
     return c
