@@ -25,21 +25,30 @@ from jax.sharding import PartitionSpec as P
 DATA = "data"
 
 
-def several_processes_in_environment() -> bool:
-    """What jax.distributed.initialize() would find by itself: a multi-host TPU VM, SLURM tasks, or JAX's variable."""
-    return (
-        "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or "JAX_COORDINATOR_ADDRESS" in os.environ
-    )
+def detected_cluster() -> str | None:
+    """The cluster JAX's own detection finds (`jax.distributed.initialize()` without arguments:
+    Cloud TPU, SLURM, Open MPI, Kubernetes, ...) when it spans several processes, else None.
+
+    Reads JAX's private registry of cluster environments (jax._src.clusters);
+    tests/test_parallel.py checks it against the installed JAX."""
+    from jax._src import clusters
+
+    for env in clusters.ClusterEnv._cluster_types:
+        try:
+            if not env.opt_in_only_method and env.is_env_present() and env.get_process_count() > 1:
+                return env.__name__
+        except (KeyError, ValueError, OSError):  # a partial environment is no cluster
+            continue
+    return None
 
 
 def initialize(
     coordinator_address: str | None, num_processes: int | None, process_id: int | None, auto: bool | None
 ) -> None:
-    """Joins the processes of a multi-host run; a single process (no flags, no cluster) does nothing."""
-    if auto is None:
-        auto = several_processes_in_environment()
+    """Joins the processes of a multi-host run: the explicit flags, else what JAX detects itself
+    (`auto` None: when it finds a cluster of several processes; True: always); a single process does nothing."""
+    if auto is None:  # JAX_COORDINATOR_ADDRESS: JAX's own variable for the explicit case
+        auto = detected_cluster() is not None or "JAX_COORDINATOR_ADDRESS" in os.environ
     if coordinator_address is None and not auto:
         return
     # CPU processes (tests, CPU clusters) exchange collectives over TCP; GPUs and TPUs have their own.

@@ -47,8 +47,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     None,
-    "Join a multi-host run whose processes JAX finds by itself. Default: when the environment says there are "
-    "several (a multi-host Cloud TPU VM, SLURM with several tasks, JAX_COORDINATOR_ADDRESS).",
+    "Join a multi-host run whose processes JAX finds by itself. Default: when JAX's own cluster detection finds "
+    "several processes (a multi-host Cloud TPU VM, SLURM, Open MPI's mpirun, Kubernetes) or JAX_COORDINATOR_ADDRESS "
+    "is set.",
 )
 
 

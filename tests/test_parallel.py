@@ -2,13 +2,17 @@
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from digitjax import checkpoint, integrity
+from digitjax import checkpoint, integrity, parallel
 from digitjax import metrics as metrics_lib
 from experiments.bench_serve import free_port
 
@@ -147,3 +151,60 @@ def test_two_processes_on_loopback_train_and_resume_the_same_run(tmp_path, one_d
     # Both processes restore the checkpoint they saved together, and go on.
     outs = _two_processes(start_training, workdir, "--config.num_epochs=3")
     assert f"Resuming {workdir} from step {STEPS}." in outs[0][1] and "step 96, test accuracy" in outs[0][0]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _records(workdir: Path) -> list:
+    try:
+        return metrics_lib.read(workdir)
+    except ValueError:  # a line being written
+        return []
+
+
+def _slurm(process: int, job: int) -> dict:
+    """The environment `srun --ntasks=2` sets for one task on one node (JAX's SlurmCluster reads it)."""
+    return {"SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_NTASKS": "2"} | {
+        "SLURM_PROCID": str(process), "SLURM_LOCALID": str(process), "SLURM_STEP_NUM_NODES": "1"
+    }  # fmt: skip
+
+
+def test_jax_finds_the_cluster_from_a_launchers_environment(monkeypatch):
+    """digitjax asks JAX's own detection (jax._src.clusters): this fails if JAX changes it."""
+    for key, value in _slurm(1, 4242).items():
+        monkeypatch.setenv(key, value)
+    assert parallel.detected_cluster() == "SlurmCluster"
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert parallel.detected_cluster() is None  # one task: nothing to join
+
+
+def test_processes_a_launcher_starts_find_each_other_stop_together_and_resume(tmp_path, start_training):
+    """Two processes with only the environment SLURM gives them (no digitjax flags): JAX finds the
+    cluster; SIGTERM to one of them stops both at the same step, saved; the same launch resumes."""
+    workdir = tmp_path / "run"
+    job = next(j for j in range(1000, 5000) if _port_free(j % 2**12 + 65535 - 2**12 + 1))
+
+    def launch(*args):
+        return [start_training(workdir, *args, **_devices(2), **_slurm(i, job)) for i in range(2)]
+
+    procs = launch("--config.num_epochs=20", "--config.steps_per_dispatch=2", "--config.log_every_steps=2")
+    while len(_records(workdir)) < 3:
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    # Process 0 speaks for both; both saved the step together (Orbax writes from every process).
+    step = int(re.search(r"Stopped by signal 15 at step (\d+)", outs[0][1]).group(1))
+    assert "2 process(es)" in outs[0][1]
+    assert max(checkpoint.steps(workdir)[0]) == step and checkpoint.load_for_inference(workdir).meta["processes"] == 2
+    procs = launch("--config.num_epochs=3")
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:]
+    assert f"Resuming {workdir} from step {step}." in outs[0][1] and "step 96, test accuracy" in outs[0][0]
