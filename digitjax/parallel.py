@@ -102,13 +102,6 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
-def any_process(flag: bool) -> bool:
-    """True in every process when `flag` is true in one (a stop signal that reached one host)."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.asarray(multihost_utils.process_allgather(np.asarray(flag))).any())
-
-
 def sync(name: str) -> None:
     """Waits for every process to reach the same point."""
     if jax.process_count() > 1:

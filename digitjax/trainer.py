@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from digitjax import augment, conv, data, evaluate, onednn, optim, parallel, profiling
+from digitjax import augment, conv, data, evaluate, onednn, optim, parallel, preemption, profiling
 from digitjax import checkpoint as checkpoint_lib
 from digitjax import metrics as metrics_lib
 from digitjax import model as model_lib
@@ -192,24 +192,6 @@ def conv_routes(model: nnx.Module, config: ml_collections.ConfigDict, say=print)
     return {split: {c.layer: c.route for c in choices} for split, choices in plans.items()}
 
 
-class StopRequest:
-    """Turns SIGTERM (preemption notice) and SIGINT into a flag the loop checks between dispatches."""
-
-    def __init__(self):
-        self.signal: int | None = None
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
 class Clock:
     """The run's training wall time: compiling, evaluating and saving excluded."""
 
@@ -278,7 +260,7 @@ def train_and_evaluate(
     SIGTERM or SIGINT at any point, loading included, ends it with a checkpoint of the current step.
     """
     workdir = Path(workdir)
-    with StopRequest() as stop, workdir_lib.out_of_space_as_user_error(workdir):
+    with preemption.StopRequest() as stop, workdir_lib.out_of_space_as_user_error(workdir):
         run = start(config, workdir, data_dir, mnist_dir)
         try:
             return _loop(run, stop)
@@ -351,13 +333,13 @@ def _put_data(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir
     return Batches(images, labels, None), len(train.labels_N), evaluations
 
 
-def _loop(run: Run, stop: StopRequest) -> dict:
+def _loop(run: Run, stop: preemption.StopRequest) -> dict:
     """Dispatches steps until the last epoch ends or a signal arrives; returns the last evaluation."""
     result, in_flight, stopping = {}, None, False
     run.log_start = (time.perf_counter(), run.step)
     run.state.model.train()
     # A signal that reached one process stops them all at the same step.
-    while run.step < run.total_steps and not (stopping := parallel.any_process(stop.signal is not None)):
+    while run.step < run.total_steps and not (stopping := stop.requested()):
         done = _dispatch(run)
         # At most one dispatch queued behind the running one: the device never waits for the
         # host, and a stop signal waits for two dispatches at most, not for everything queued.
