@@ -95,6 +95,37 @@ def answer(driver, previous=None):
     return int(label.get_attribute("data-label"))
 
 
+def _assert_bars_show_the_probabilities(driver, digit: int) -> None:
+    """From a screenshot: each bar's filled length is its probability, the top one in its own colour."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 5).until(lambda d: d.execute_script("return document.getAnimations().length === 0"))
+    shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(int)
+    scale = driver.execute_script("return window.devicePixelRatio")
+    colours = {"top": (0x30, 0xA1, 0x4E), "other": (0x0A, 0x84, 0xFF), "empty": (0xE5, 0xE5, 0xEA)}
+    for li in driver.find_elements("css selector", "#bars li"):
+        shown = li.find_element("css selector", ".pct").text
+        probability = float(shown.rstrip("%")) / 100
+        bar = driver.execute_script(
+            "const r = arguments[0].querySelector('.bar').getBoundingClientRect();"
+            "return [r.left, r.top, r.width, r.height];",
+            li,
+        )
+        left, top, width, height = (round(v * scale) for v in bar)
+        row = shot[top + height // 2, left + 2 : left + width - 2]  # inside the rounded corners
+        kind = "top" if "top" in li.get_attribute("class").split() else "other"
+        filled = (np.abs(row - colours[kind]).sum(-1) < 40).mean()
+        empty = (np.abs(row - colours["empty"]).sum(-1) < 40).mean()
+        assert filled + empty > 0.95, f"bar {li.text[:1]}: only the fill and the track colours"
+        assert abs(filled - probability) < 0.03, f"bar {li.text[:1]}: {filled:.2f} filled, shows {shown}"
+    top = driver.find_elements("css selector", "#bars li.top .pct")
+    assert len(top) == 1 and float(top[0].text.rstrip("%")) > 50, "the answer's bar is the longest"
+
+
 @pytest.mark.parametrize("kind, digit", [("mouse", 1), ("mouse", 7), ("mouse", 0), ("touch", 1), ("pen", 7)])
 def test_drawing_shows_the_digit(server, browser, kind, digit):
     browser.get(server)
@@ -102,6 +133,7 @@ def test_drawing_shows_the_digit(server, browser, kind, digit):
     assert answer(browser) == digit
     bars = browser.find_elements("css selector", "#bars li.top")
     assert len(bars) == 1 and bars[0].text.startswith(str(digit))
+    _assert_bars_show_the_probabilities(browser, digit)
     seen = browser.execute_script(
         "const d = document.getElementById('seen').getContext('2d').getImageData(0, 0, 168, 168).data;"
         "let ink = 0; for (let i = 0; i < d.length; i += 4) ink += d[i] > 128; return ink;"
@@ -127,3 +159,30 @@ def test_clear_undo_and_run_selector(server, browser):
     browser.find_element("id", "clear").click()
     assert label.text == "–"
     assert browser.execute_script("return window.scrollY") == 0
+
+
+@pytest.mark.parametrize("width, height", [(1280, 800), (390, 844)])
+def test_layout_fits_the_screen(server, browser, width, height):
+    """A desktop shows drawing, answer and what the model sees side by side above the fold; a phone
+    one column with no horizontal scroll. Measured from the rendered boxes and a screenshot."""
+    browser.set_window_size(width, height)
+    try:
+        browser.get(server)
+        draw(browser, DIGITS[7], "mouse")
+        answer(browser)
+        viewport = browser.execute_script("return [window.innerWidth, window.innerHeight]")
+        boxes = browser.execute_script(
+            "return [...document.querySelectorAll('main > section')].map(s => {"
+            "const r = s.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; });"
+        )
+        assert browser.execute_script("return document.scrollingElement.scrollWidth") <= viewport[0]
+        if width >= 1000:
+            assert len({round(top) for _, top, _, _ in boxes}) == 1, boxes  # one row
+            assert max(bottom for *_, bottom in boxes) <= viewport[1], "above the fold"
+        else:
+            lefts = [left for left, *_ in boxes]
+            assert max(lefts) - min(lefts) < 2 and all(r <= viewport[0] for _, _, r, _ in boxes), boxes
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / f"layout-{width}x{height}.png"))
+    finally:
+        browser.set_window_size(1100, 900)

@@ -65,6 +65,10 @@ def test_page_serves_canvas_and_static_files(client):
     assert b"<script>" not in page.data  # scripts come from static files only
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/app.css").status_code == 200
+    assert b'rel="icon"' in page.data
+    for path in ("/static/favicon.svg", "/favicon.ico"):
+        icon = client.get(path)
+        assert icon.status_code == 200 and icon.mimetype == "image/svg+xml" and b"<svg" in icon.data
 
 
 def test_pixels_are_answered_by_the_served_run(client, digits):

@@ -67,6 +67,12 @@ def index():
     return render_template("index.html", problem=_runs().problem)
 
 
+@bp.get("/favicon.ico")
+def favicon():
+    """For clients that ask the default path; the page itself links the SVG."""
+    return current_app.send_static_file("favicon.svg")
+
+
 @bp.get("/healthz")
 def healthz():
     runs = _runs()
