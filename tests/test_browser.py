@@ -186,3 +186,33 @@ def test_layout_fits_the_screen(server, browser, width, height):
         browser.save_screenshot(str(ARTIFACTS / f"layout-{width}x{height}.png"))
     finally:
         browser.set_window_size(1100, 900)
+
+
+def test_dark_mode_follows_the_system(server, browser):
+    """With the system in dark mode the page is dark (pixels of a screenshot), the pad stays white."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    browser.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+    )
+    try:
+        browser.get(server)
+        shot = np.asarray(Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("L")).astype(int)
+        scale = browser.execute_script("return window.devicePixelRatio")
+
+        def centre(selector):
+            r = browser.execute_script(
+                f"const r = document.querySelector('{selector}').getBoundingClientRect();"
+                "return [r.left, r.top, r.width, r.height];"
+            )
+            return shot[round((r[1] + r[3] / 2) * scale), round((r[0] + r[2] / 2) * scale)]
+
+        assert shot[2, 2] < 60, "the page background is dark"
+        assert centre("section.answer .bars") < 90 and centre("#pad") > 240
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "dark-mode.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
