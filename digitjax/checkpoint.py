@@ -93,6 +93,7 @@ class RunCheckpoints:
 
     def _take_over(self) -> None:
         """Locks the workdir, checks it holds this run, moves damaged steps aside, drops unfinished ones."""
+        workdir_lib.check_ours(self.workdir)  # before the lock file: nothing is written in a foreign folder
         self._lock = workdir_lib.lock(self.workdir)
         found = integrity.committed_steps(self.root)
         intact, damaged = None, {}

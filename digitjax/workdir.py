@@ -19,6 +19,22 @@ from digitjax.errors import UserError
 STRUCTURAL_FIELDS = ("model", "optimizer", "batch_size", "seed", "validation_size")
 
 
+MARKER = ".digitjax-run"  # written into every workdir a run claims: a folder digitjax may write in
+
+
+def check_ours(workdir: Path) -> None:
+    """Refuses a folder that holds files but is not a digitjax run: digitjax writes only where it created."""
+    if not workdir.is_dir() or (workdir / MARKER).exists() or (workdir / "checkpoints").is_dir():
+        return  # new, or a run (runs written before the marker have checkpoints)
+    others = sorted(p.name for p in workdir.iterdir() if p.name != ".lock")
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise UserError(
+            f"{workdir} holds files that are not a digitjax run ({shown}); nothing was changed there. "
+            f"Train into a new or empty --workdir."
+        )
+
+
 def lock(workdir: Path):
     """An exclusive lock on the workdir for the life of the run; the OS drops it if the process dies.
 
@@ -40,9 +56,11 @@ def lock(workdir: Path):
 
 
 def claim(handle) -> None:
+    """Marks the locked workdir as this process's run."""
     handle.truncate(0)
     handle.write(f"process {os.getpid()}\n")
     handle.flush()
+    (Path(handle.name).parent / MARKER).touch()
 
 
 def check_identity(workdir: Path, step: int, config: ml_collections.ConfigDict) -> None:

@@ -123,3 +123,17 @@ def test_damaged_steps_follow_one_policy_in_training_and_inference(tmp_path):
     with pytest.raises(UserError, match="Every checkpoint in .* is damaged .*Nothing was changed there"):
         checkpoint.RunCheckpoints(tmp_path, config)
     assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in root.rglob("*")) == before
+
+
+def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "metrics.jsonl").write_text('{"someone": "else"}\n')
+    before = sorted((p.name, p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir())
+    with pytest.raises(UserError, match="holds files that are not a digitjax run \\(metrics.jsonl, notes.txt\\)"):
+        checkpoint.RunCheckpoints(tmp_path, smoke.get_config())
+    assert sorted((p.name, p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before
+    # A run's own folder, even before its first checkpoint, is claimed as it is.
+    run = tmp_path / "run"
+    checkpoint.RunCheckpoints(run, smoke.get_config()).close()
+    (run / "metrics.jsonl").write_text("")
+    checkpoint.RunCheckpoints(run, smoke.get_config()).close()
