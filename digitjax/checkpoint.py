@@ -73,6 +73,12 @@ def _read_json_items(mngr: ocp.CheckpointManager, step: int) -> tuple[dict, dict
     return restored["config"], restored["meta"]
 
 
+def _modules(state: TrainState) -> dict[str, nnx.Module]:
+    """The state's modules by the name of the item each is saved as."""
+    modules = {"model": state.model, "opt": state.optimizer}
+    return modules | ({"ema": state.ema} if state.ema is not None else {})
+
+
 class RunCheckpoints:
     """The checkpoints of one training run in `workdir/checkpoints`, which it alone may write.
 
@@ -130,8 +136,7 @@ class RunCheckpoints:
         self._raise_failed_save(self.mngr.wait_until_finished)  # the previous save, before a new one starts
         self._saving = step
         metrics = {BEST_METRIC: meta[BEST_METRIC]} if meta.get(BEST_METRIC) is not None else None
-        arrays = {"model": state.model, "opt": state.optimizer} | ({"ema": state.ema} if state.ema is not None else {})
-        items = {name: ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(m))) for name, m in arrays.items()}
+        items = {name: ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(m))) for name, m in _modules(state).items()}
         args = ocp.args.Composite(
             **items,
             rng=ocp.args.StandardSave({"key_data": jax.random.key_data(rng)}),
@@ -142,7 +147,7 @@ class RunCheckpoints:
 
     def restore(self, step: int, state: TrainState, rng: jax.Array) -> tuple[jax.Array, dict]:
         """Restores `step` into the state in place; returns the run's RNG key and the step's meta."""
-        modules = {"model": state.model, "opt": state.optimizer} | ({"ema": state.ema} if state.ema is not None else {})
+        modules = _modules(state)
         states = {name: nnx.state(m) for name, m in modules.items()}
         items = {name: ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(s))) for name, s in states.items()}
         key_data = jax.random.key_data(rng)
