@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
-from digitjax import integrity, orbax_internals, parallel
+from digitjax import integrity, objectstore, orbax_internals, parallel
 from digitjax import model as model_lib
 from digitjax import workdir as workdir_lib
 from digitjax.errors import UserError
@@ -51,7 +50,9 @@ def _abstract(tree: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
     return jax.tree.map(leaf, tree)
 
 
-def _manager(workdir: Path, keep_latest: int = 2, read_only: bool = False, on_written=None) -> ocp.CheckpointManager:
+def _manager(
+    workdir: epath.Path, keep_latest: int = 2, read_only: bool = False, on_written=None
+) -> ocp.CheckpointManager:
     policy = policies.AnyPreservationPolicy(
         [
             policies.LatestN(n=keep_latest),
@@ -65,7 +66,8 @@ def _manager(workdir: Path, keep_latest: int = 2, read_only: bool = False, on_wr
         read_only=read_only,
         async_options=ocp.AsyncOptions(post_finalization_callback=on_written) if on_written else None,
     )
-    return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
+    root = workdir if objectstore.is_remote(workdir) else workdir.resolve()
+    return ocp.CheckpointManager(root / "checkpoints", options=options)
 
 
 def _read_json_items(mngr: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
@@ -85,8 +87,8 @@ class RunCheckpoints:
     `notes` says what was found wrong (damaged steps moved aside) for the trainer to print.
     """
 
-    def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict):
-        self.workdir = Path(workdir)
+    def __init__(self, workdir: str | epath.Path, config: ml_collections.ConfigDict):
+        self.workdir = epath.Path(workdir)
         self.root = self.workdir / "checkpoints"
         self.config = config
         self.notes: list[str] = []
@@ -117,8 +119,10 @@ class RunCheckpoints:
                 f"Checkpoint step {step} is damaged: {why}. Moved it to {moved}; resuming from step {intact}."
             )
         workdir_lib.claim(self._lock)  # only now that the workdir is known to be this run's
+        if self._lock.note:
+            self.notes.append(self._lock.note)
         for pending in orbax_internals.pending_dirs(self.root):
-            shutil.rmtree(pending)  # a save of this run that was interrupted; never committed
+            pending.rmtree()  # a save of this run that was interrupted; never committed
 
     def _seal(self) -> None:
         """Orbax's post-finalization callback: the manifest goes in before the step is committed."""
@@ -134,6 +138,8 @@ class RunCheckpoints:
     def save(self, step: int, state: TrainState, rng: jax.Array, meta: dict) -> None:
         """Saves asynchronously; orbax writes to a temporary directory and renames it when done."""
         self._raise_failed_save(self.mngr.wait_until_finished)  # the previous save, before a new one starts
+        if self._lock is not None:
+            self._lock.check()  # a run that lost its workdir's lease saves nothing more
         self._saving = step
         metrics = {BEST_METRIC: meta[BEST_METRIC]} if meta.get(BEST_METRIC) is not None else None
         items = {name: ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(m))) for name, m in _modules(state).items()}
@@ -168,7 +174,7 @@ class RunCheckpoints:
         except Exception as e:
             if not workdir_lib.is_out_of_space(e):
                 raise
-            shutil.rmtree(orbax_internals.pending_dir(self.root, self._saving), ignore_errors=True)
+            orbax_internals.pending_dir(self.root, self._saving).rmtree(missing_ok=True)
             raise workdir_lib.out_of_space_error(self.workdir, self._saving) from None
 
     def close(self) -> None:
@@ -189,16 +195,16 @@ class Restored:
     notes: list[str] = dataclasses.field(default_factory=list)  # damaged steps passed over, to tell the user
 
 
-def steps(workdir: str | Path) -> tuple[list[int], int | None]:
+def steps(workdir: str | epath.Path) -> tuple[list[int], int | None]:
     """All checkpointed steps of a workdir and the best one (None without validation)."""
-    mngr = open_read_only(Path(workdir))
+    mngr = open_read_only(epath.Path(workdir))
     try:
         return list(mngr.all_steps()), mngr.best_step()
     finally:
         mngr.close()
 
 
-def open_read_only(workdir: Path) -> ocp.CheckpointManager:
+def open_read_only(workdir: epath.Path) -> ocp.CheckpointManager:
     """Orbax's manager of a trained run's checkpoints, for reading; a UserError where there are none."""
     if not (workdir / "checkpoints").is_dir():
         raise UserError(
@@ -212,7 +218,7 @@ def open_read_only(workdir: Path) -> ocp.CheckpointManager:
     return mngr
 
 
-def _inference_step(workdir: Path, mngr: ocp.CheckpointManager, step: int | None) -> tuple[int, list[str]]:
+def _inference_step(workdir: epath.Path, mngr: ocp.CheckpointManager, step: int | None) -> tuple[int, list[str]]:
     """The step to restore and notes on damaged steps passed over: `step` itself when given, else
     the best by validation (or the latest), else the newest intact step."""
     root = workdir / "checkpoints"
@@ -238,14 +244,16 @@ def _inference_step(workdir: Path, mngr: ocp.CheckpointManager, step: int | None
     ]
 
 
-def load_for_inference(workdir: str | Path, step: int | None = None, device: jax.Device | None = None) -> Restored:
+def load_for_inference(
+    workdir: str | epath.Path, step: int | None = None, device: jax.Device | None = None
+) -> Restored:
     """Restores only the model of a checkpoint onto `device` (default: the first local one).
 
     `step` None picks the best step by validation accuracy when the run tracked one, else
     the latest. Works whatever device kind wrote the checkpoint: the target carries the
     new sharding, so nothing of the writer's topology is needed.
     """
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     mngr = open_read_only(workdir)
     try:
         step, notes = _inference_step(workdir, mngr, step)

@@ -13,12 +13,12 @@ import argparse
 import functools
 import json
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -85,7 +85,7 @@ def confusion_matrix(labels_N: np.ndarray, predictions_N: np.ndarray) -> np.ndar
     return counts_CxC
 
 
-def report(workdir: Path, step: int | None, data_dir: str | None, mnist_dir: str | None, plots: bool) -> dict:
+def report(workdir: epath.Path, step: int | None, data_dir: str | None, mnist_dir: str | None, plots: bool) -> dict:
     from digitjax import checkpoint, data, onednn
 
     onednn.prepare()  # conv=auto may use it: built before anything is traced
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     parser.add_argument("--mnist_dir", help="folder with the four MNIST IDX files (default $DIGITJAX_MNIST_DIR)")
     args = parser.parse_args(argv)
     with exit_on_user_error():
-        summary = report(Path(args.workdir), args.step, args.data_dir, args.mnist_dir, plots=not args.json)
+        summary = report(epath.Path(args.workdir), args.step, args.data_dir, args.mnist_dir, plots=not args.json)
     if args.json:
         print(json.dumps(summary))
         return
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
     print(f"{args.workdir} step {summary['step']} ({summary['model']}): test accuracy {accuracy:.4%}, {errors} errors")
     for c, acc in summary["per_class_accuracy"].items():
         print(f"  digit {c}: {acc:.2%}")
-    print(f"report: {Path(args.workdir) / 'report'} (report.json, confusion.png, mistakes.png, curves.png)")
+    print(f"report: {epath.Path(args.workdir) / 'report'} (report.json, confusion.png, mistakes.png, curves.png)")
 
 
 if __name__ == "__main__":

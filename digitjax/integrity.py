@@ -12,32 +12,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
+from etils import epath
+
+from digitjax import objectstore, orbax_internals
 from digitjax.errors import UserError
 
 MANIFEST = "digitjax_manifest.json"
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
+def _sha256(path: epath.Path) -> str:
+    with epath.Path(path).open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write_manifest(step_dir: Path, step: int, items: tuple[str, ...]) -> None:
+def write_manifest(step_dir: epath.Path, step: int, items: tuple[str, ...]) -> None:
     """Records the size and sha256 of every file of the step's items, atomically."""
-    files = {}
+    step_dir, files = epath.Path(step_dir), {}
     for item in items:
-        for path in sorted((step_dir / item).rglob("*")):
-            if path.is_file():
-                files[str(path.relative_to(step_dir))] = [path.stat().st_size, _sha256(path)]
-    (step_dir / f"{MANIFEST}.partial").write_text(json.dumps({"step": step, "files": files}))
-    os.replace(step_dir / f"{MANIFEST}.partial", step_dir / MANIFEST)
+        if (step_dir / item).is_dir():
+            for name in objectstore.files(step_dir / item, f"{item}/"):
+                path = step_dir / name
+                files[name] = [path.stat().length, _sha256(path)]
+    objectstore.write_text(step_dir / MANIFEST, json.dumps({"step": step, "files": files}))
 
 
-def damage(step_dir: Path) -> str | None:
+def damage(step_dir: epath.Path) -> str | None:
     """Why the step's files do not match its manifest, or None when they all do."""
+    step_dir = epath.Path(step_dir)
     try:
         manifest = json.loads((step_dir / MANIFEST).read_text())["files"]
     except FileNotFoundError:
@@ -48,42 +50,43 @@ def damage(step_dir: Path) -> str | None:
         path = step_dir / name
         if not path.is_file():
             return f"{name} is missing"
-        if (actual := path.stat().st_size) != size:
+        if (actual := path.stat().length) != size:
             return f"{name} has {actual:,} bytes instead of {size:,} (truncated?)"
         if _sha256(path) != sha256:
             return f"{name} does not hold what was written (sha256 differs)"
     return None
 
 
-def committed_steps(root: Path) -> list[int]:
+def committed_steps(root: epath.Path) -> list[int]:
     """Committed step numbers under `root` (a run's checkpoints folder), newest first."""
+    root = epath.Path(root)
     if not root.is_dir():
         return []
-    return sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()), reverse=True)
+    return sorted((int(p.name) for p in root.iterdir() if orbax_internals.is_committed(p)), reverse=True)
 
 
 def describe(damaged: dict[int, str]) -> str:
     return "; ".join(f"step {step}: {why}" for step, why in damaged.items())
 
 
-def usable_step(root: Path, candidates: list[int], fix: str) -> tuple[int, dict[int, str]]:
+def usable_step(root: epath.Path, candidates: list[int], fix: str) -> tuple[int, dict[int, str]]:
     """The first intact step of `candidates` (most wanted first) and why each one before it is
     damaged; a UserError ending in `fix` when none is intact."""
     damaged = {}
     for step in candidates:
-        why = damage(root / str(step))
+        why = damage(epath.Path(root) / str(step))
         if why is None:
             return step, damaged
         damaged[step] = why
     raise UserError(f"Every checkpoint in {root} is damaged ({describe(damaged)}). {fix}")
 
 
-def move_aside(step_dir: Path, into: Path) -> Path:
+def move_aside(step_dir: epath.Path, into: epath.Path) -> epath.Path:
     """Moves a damaged step out of Orbax's sight, keeping its files for a person to look at."""
     into.mkdir(exist_ok=True)
     target, n = into / step_dir.name, 1
     while target.exists():
         n += 1
         target = into / f"{step_dir.name}-{n}"
-    step_dir.rename(target)
+    objectstore.move(step_dir, target)
     return target

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+import time
+
+from etils import epath
+
+from digitjax import objectstore
 
 
-def metrics_path(workdir: str | Path) -> Path:
-    return Path(workdir) / "metrics.jsonl"
+def metrics_path(workdir: str | epath.Path) -> epath.Path:
+    return epath.Path(workdir) / "metrics.jsonl"
 
 
-def tensorboard_dir(workdir: str | Path) -> Path:
+def tensorboard_dir(workdir: str | epath.Path) -> epath.Path:
     """TensorBoard's logdir for a run: scalars, the config as hparams, and profiles (digitjax/profiling.py)."""
-    return Path(workdir) / "tensorboard"
+    return epath.Path(workdir) / "tensorboard"
 
 
-def read(workdir: str | Path) -> list[dict]:
+def read(workdir: str | epath.Path) -> list[dict]:
     path = metrics_path(workdir)
     if not path.is_file():
         return []
@@ -35,7 +39,7 @@ def time_to(records: list[dict], target: float) -> float | None:
 class MetricWriter:
     """Appends one JSON object per record; mirrors numbers to TensorBoard."""
 
-    def __init__(self, workdir: str | Path, resume_step: int = 0, enabled: bool = True):
+    def __init__(self, workdir: str | epath.Path, resume_step: int = 0, enabled: bool = True):
         from tensorboardX import SummaryWriter  # writes event files without TensorFlow
 
         self.enabled = enabled  # off in all but one process of a multi-host run
@@ -45,9 +49,12 @@ class MetricWriter:
         self.path = metrics_path(workdir)
         # Records past the step a run resumes from were written by the attempt that died;
         # the resumed run writes them again, so drop them rather than keep two versions.
-        kept = [r for r in read(workdir) if r["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.tb = SummaryWriter(str(tensorboard_dir(workdir)), purge_step=resume_step + 1 if resume_step else None)
+        self.lines = [json.dumps(r) + "\n" for r in read(workdir) if r["step"] <= resume_step]
+        objectstore.write_text(self.path, "".join(self.lines))
+        # The suffix keeps two attempts started in the same second from writing one file name (on
+        # a bucket, the second would replace the first).
+        purge = resume_step + 1 if resume_step else None
+        self.tb = SummaryWriter(str(tensorboard_dir(workdir)), purge_step=purge, filename_suffix=f".{time.time_ns()}")
 
     def write_config(self, config) -> None:
         """The run's config as TensorBoard hparams, beside the accuracies they led to."""
@@ -65,9 +72,12 @@ class MetricWriter:
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, "split": split, **values}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.lines.append(json.dumps({"step": step, "split": split, **values}) + "\n")
+        if objectstore.is_remote(self.path):  # objects cannot be appended to: the file is written anew
+            objectstore.write_text(self.path, "".join(self.lines))
+        else:
+            with self.path.open("a") as f:
+                f.write(self.lines[-1])
         for name, value in values.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(f"{split}/{name}", value, step)

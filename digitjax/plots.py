@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
 
-def confusion(counts_CxC: np.ndarray, path: Path) -> None:
+def _save(fig, path: epath.Path) -> None:
+    with epath.Path(path).open("wb") as f:  # a file object: the report may be on a bucket
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def confusion(counts_CxC: np.ndarray, path: epath.Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     # Log colours: the diagonal holds ~1,000 per class and the errors a handful.
     im = ax.imshow(np.log1p(counts_CxC), cmap="Blues")
@@ -21,12 +26,11 @@ def confusion(counts_CxC: np.ndarray, path: Path) -> None:
     ax.set(xlabel="predicted", ylabel="true", xticks=range(10), yticks=range(10), title="Confusion matrix (test set)")
     fig.colorbar(im, ax=ax, label="log(1 + count)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def worst_mistakes(
-    images_NxHxW: np.ndarray, labels_N: np.ndarray, probs_NxC: np.ndarray, path: Path, count: int = 32
+    images_NxHxW: np.ndarray, labels_N: np.ndarray, probs_NxC: np.ndarray, path: epath.Path, count: int = 32
 ) -> None:
     """The wrong answers the model was most confident about."""
     predictions_N = probs_NxC.argmax(-1)
@@ -43,11 +47,10 @@ def worst_mistakes(
     errors = int((predictions_N != labels_N).sum())
     fig.suptitle(f"Most confident of {errors} mistakes: true→predicted (#: index in TFDS's test split)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def curves(records: list[dict], path: Path) -> None:
+def curves(records: list[dict], path: epath.Path) -> None:
     """Training loss and accuracies against step, from the run's metrics.jsonl."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-"), ("val", "o-"), ("test", "s-")):
@@ -63,5 +66,4 @@ def curves(records: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)

@@ -10,17 +10,20 @@ them to finish before it stops the trace. The time the trace costs counts as tra
 
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
+import tempfile
 
 import jax
+from etils import epath
 
+from digitjax import objectstore
 from digitjax.errors import UserError
 
 
 class StepTrace:
     """Traces steps [first, last) of a run; `steps` is the config's `profile_steps`, () for none."""
 
-    def __init__(self, steps: tuple, logdir: Path):
+    def __init__(self, steps: tuple, logdir: epath.Path):
         if steps and not (len(steps) == 2 and all(isinstance(s, int) for s in steps) and 0 <= steps[0] < steps[1]):
             raise UserError(
                 f"profile_steps {steps!r} should be (first, last) with 0 <= first < last, e.g. "
@@ -28,6 +31,9 @@ class StepTrace:
             )
         self.first, self.last = steps if steps else (None, None)
         self.logdir = logdir
+        # The profiler writes local files only: a workdir on a bucket gets the trace when it stops.
+        remote = steps and objectstore.is_remote(logdir)
+        self.local = epath.Path(tempfile.mkdtemp(prefix="digitjax-trace-")) if remote else logdir
         self.active = False
 
     def boundaries(self, step: int) -> list[int]:
@@ -36,7 +42,7 @@ class StepTrace:
 
     def before_dispatch(self, step: int) -> None:
         if step == self.first:
-            jax.profiler.start_trace(str(self.logdir))
+            jax.profiler.start_trace(str(self.local))
             self.active = True
 
     def after_dispatch(self, step: int, done: jax.Array) -> None:
@@ -49,3 +55,7 @@ class StepTrace:
                 done.block_until_ready()
             jax.profiler.stop_trace()
             self.active = False
+            if self.local != self.logdir:
+                for name in objectstore.files(self.local):
+                    (self.logdir / name).write_bytes((self.local / name).read_bytes())
+                shutil.rmtree(self.local)

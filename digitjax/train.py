@@ -23,6 +23,7 @@ from pathlib import Path
 
 import jax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from digitjax import orbax_internals, parallel, trainer
@@ -81,7 +82,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    workdir = Path(
+    workdir = epath.Path(
         _WORKDIR.value or Path("checkpoints") / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
     )
     if not flags.FLAGS["verbosity"].present:

@@ -15,13 +15,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -223,7 +223,7 @@ class Run:
     """One training run as the loop's parts share it."""
 
     config: ml_collections.ConfigDict
-    workdir: Path
+    workdir: epath.Path
     state: TrainState
     options: Options
     schedule: optax.Schedule
@@ -253,13 +253,16 @@ class Run:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | Path, data_dir: str | None = None, mnist_dir: str | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str | epath.Path,
+    data_dir: str | None = None,
+    mnist_dir: str | None = None,
 ) -> dict:
     """Trains until `config.num_epochs`, resuming from workdir; returns the last evaluation.
 
     SIGTERM or SIGINT at any point, loading included, ends it with a checkpoint of the current step.
     """
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     with preemption.StopRequest() as stop, workdir_lib.out_of_space_as_user_error(workdir):
         run = start(config, workdir, data_dir, mnist_dir)
         try:
@@ -268,9 +271,9 @@ def train_and_evaluate(
             _close(run)
 
 
-def start(config: ml_collections.ConfigDict, workdir: Path, data_dir: str | None, mnist_dir: str | None) -> Run:
+def start(config: ml_collections.ConfigDict, workdir: epath.Path, data_dir: str | None, mnist_dir: str | None) -> Run:
     """Loads the data onto the devices, builds the state and resumes it from the workdir's latest checkpoint."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.check_ours(workdir)  # before anything is loaded: a foreign folder or a missing bucket
     if config.batch_size % jax.device_count():
         raise UserError(
             f"batch_size {config.batch_size} does not split evenly over the {jax.device_count()} devices of this "
@@ -460,7 +463,7 @@ def _close(run: Run) -> None:
         run.ckpts.close()  # also when the writer fails: it waits for the last save and unlocks the workdir
 
 
-def _diverged(what: str, workdir: Path) -> UserError:
+def _diverged(what: str, workdir: epath.Path) -> UserError:
     return UserError(
         f"{what}. The run stopped; the last good checkpoint in {workdir} is kept and nothing newer was saved. "
         f"Lower the learning rate or change the recipe, then train into a new --workdir."

@@ -7,11 +7,11 @@ import errno
 import fcntl
 import json
 import os
-from pathlib import Path
 
 import ml_collections
+from etils import epath
 
-from digitjax import integrity, orbax_internals
+from digitjax import integrity, objectstore, orbax_internals
 from digitjax.errors import UserError
 
 # Fields that give a checkpoint its shape or its run its identity: a workdir whose
@@ -22,8 +22,9 @@ STRUCTURAL_FIELDS = ("model", "optimizer", "batch_size", "seed", "validation_siz
 MARKER = ".digitjax-run"  # written into every workdir a run claims: a folder digitjax may write in
 
 
-def check_ours(workdir: Path) -> None:
+def check_ours(workdir: epath.Path) -> None:
     """Refuses a folder that holds files but is not a digitjax run: digitjax writes only where it created."""
+    objectstore.check_supported(workdir)
     if not workdir.is_dir() or (workdir / MARKER).exists() or (workdir / "checkpoints").is_dir():
         return  # new, or a run (runs written before the marker have checkpoints)
     others = sorted(p.name for p in workdir.iterdir() if p.name != ".lock")
@@ -35,35 +36,51 @@ def check_ours(workdir: Path) -> None:
         )
 
 
-def lock(workdir: Path):
-    """An exclusive lock on the workdir for the life of the run; the OS drops it if the process dies.
+class FileLock:
+    """An exclusive lock on a local or network workdir; the OS drops it if the process dies."""
 
-    Returns the open lock file: closing it unlocks. `claim` writes the owner in once the workdir
-    is known to be this run's."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    handle = open(workdir / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise UserError(
-            f"{workdir} is in use by {owner}, which is training there; nothing was changed. "
-            f"Wait for it to finish (or stop it), or train into another --workdir."
-        )
-    return handle
+    note = None
+
+    def __init__(self, workdir: epath.Path):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._handle = open(workdir / ".lock", "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            owner = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise UserError(
+                f"{workdir} is in use by {owner}, which is training there; nothing was changed. "
+                f"Wait for it to finish (or stop it), or train into another --workdir."
+            ) from None
+
+    def claim(self) -> None:
+        """Writes the owner in, for a run refused by this lock to name."""
+        self._handle.truncate(0)
+        self._handle.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+        self._handle.flush()
+
+    def check(self) -> None:
+        """An OS lock is not lost while the process lives."""
+
+    def close(self) -> None:
+        self._handle.close()
 
 
-def claim(handle) -> None:
-    """Marks the locked workdir as this process's run."""
-    handle.truncate(0)
-    handle.write(f"process {os.getpid()}\n")
-    handle.flush()
-    (Path(handle.name).parent / MARKER).touch()
+def lock(workdir: epath.Path) -> FileLock | objectstore.LeaseLock:
+    """The workdir's lock for the life of the run: `check` before writing, `close` to unlock."""
+    return objectstore.LeaseLock(workdir) if objectstore.is_remote(workdir) else FileLock(workdir)
 
 
-def check_identity(workdir: Path, step: int, config: ml_collections.ConfigDict) -> None:
+def claim(lock: FileLock | objectstore.LeaseLock) -> None:
+    """Marks the locked workdir, once known to be this run's, as a folder digitjax may write in."""
+    lock.claim()
+    (lock.workdir / MARKER).write_text("")
+
+
+def check_identity(workdir: epath.Path, step: int, config: ml_collections.ConfigDict) -> None:
     """Refuses a workdir whose checkpoint at `step` belongs to another run (STRUCTURAL_FIELDS)."""
     step_dir = workdir / "checkpoints" / str(step)
     saved = json.loads(orbax_internals.json_item_file(step_dir, "config").read_text())
@@ -81,7 +98,7 @@ def is_out_of_space(e: BaseException) -> bool:
     return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
 
 
-def out_of_space_error(workdir: Path, step: int | None = None) -> UserError:
+def out_of_space_error(workdir: epath.Path, step: int | None = None) -> UserError:
     steps = sorted(integrity.committed_steps(workdir / "checkpoints"))
     kept = (
         f"the checkpoints saved before (steps {', '.join(map(str, steps))}) are intact"
@@ -96,7 +113,7 @@ def out_of_space_error(workdir: Path, step: int | None = None) -> UserError:
 
 
 @contextlib.contextmanager
-def out_of_space_as_user_error(workdir: Path):
+def out_of_space_as_user_error(workdir: epath.Path):
     """Metrics, events or a checkpoint, all in the workdir: a full disk becomes a message saying what to do."""
     try:
         yield

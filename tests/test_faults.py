@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from etils import epath
 
 from digitjax import checkpoint, integrity, orbax_internals, trainer
 from digitjax.errors import UserError
@@ -40,10 +41,10 @@ def _assert_bit_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) ->
         assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
 
 
-def _progress(workdir: Path) -> int:
-    """The newest step in the run's training log (written every 5 steps)."""
+def _progress(workdir: Path | str) -> int:
+    """The newest step in the run's training log (written every 5 steps), on a disk or a bucket."""
     try:
-        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
     except FileNotFoundError:
         return 0
     steps = [0]

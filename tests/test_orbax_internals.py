@@ -39,6 +39,22 @@ def test_a_step_is_written_into_the_pending_dir_and_the_callback_runs_before_the
     assert (tmp_path / "3").is_dir() and orbax_internals.pending_dirs(tmp_path) == []
 
 
+def test_on_a_bucket_a_step_is_written_in_place_and_committed_by_a_file_after_the_callback(gcs):
+    from etils import epath
+
+    root, seen = epath.Path(f"{gcs.bucket}/orbax-internals"), {}
+
+    def on_written():
+        seen["items"] = sorted(p.name for p in orbax_internals.pending_dir(root, 3).iterdir())
+        seen["committed"] = orbax_internals.is_committed(root / "3")
+        seen["found"] = orbax_internals.pending_dirs(root)
+
+    _save(root, 3, on_written)
+    assert {"model", "config"} <= set(seen["items"]) and not seen["committed"]
+    assert seen["found"] == [orbax_internals.pending_dir(root, 3)]
+    assert (root / "3" / orbax_internals.COMMIT_FILE).exists() and orbax_internals.pending_dirs(root) == []
+
+
 def test_a_json_item_is_one_file(tmp_path):
     _save(tmp_path, 1, None)
     assert json.loads(orbax_internals.json_item_file(tmp_path / "1", "config").read_text()) == {"seed": 4}
