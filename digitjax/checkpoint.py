@@ -206,6 +206,7 @@ def steps(workdir: str | epath.Path) -> tuple[list[int], int | None]:
 
 def open_read_only(workdir: epath.Path) -> ocp.CheckpointManager:
     """Orbax's manager of a trained run's checkpoints, for reading; a UserError where there are none."""
+    objectstore.check_supported(workdir)
     if not (workdir / "checkpoints").is_dir():
         raise UserError(
             f"No checkpoints in {workdir}: train one first with "

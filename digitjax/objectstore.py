@@ -53,6 +53,8 @@ def check_supported(path: epath.Path) -> None:
         return
     if not str(path).startswith("gs://"):
         raise UserError(f"{path}: digitjax keeps runs on local or network disks and on gs:// buckets only.")
+    if "/" not in str(path).removeprefix("gs://").strip("/"):
+        raise UserError(f"{path} is a whole bucket; give the run a folder in it, e.g. {path}/runs/NAME.")
     try:
         import gcsfs  # noqa: F401  (epath's gs:// backend)
         from google.cloud import storage  # noqa: F401
@@ -122,7 +124,7 @@ class LeaseLock:
         from google.api_core import exceptions
 
         self.workdir = workdir
-        self._precondition = exceptions.PreconditionFailed
+        self._precondition, self._not_found = exceptions.PreconditionFailed, exceptions.NotFound
         self._blob = _bucket(workdir).blob(f"{str(workdir).removeprefix('gs://').split('/', 1)[1]}/.lock")
         self.lost: str | None = None
         self.note: str | None = None  # a lease taken over, for the trainer to tell
@@ -132,13 +134,22 @@ class LeaseLock:
         self._renewer.start()
 
     def _take(self) -> None:
-        try:
-            self._blob.upload_from_string(json.dumps(_holder()), if_generation_match=0)
+        for _ in range(3):  # the holder may give the lease back between our two requests
+            try:
+                self._blob.upload_from_string(json.dumps(_holder()), if_generation_match=0)
+                return
+            except self._precondition:
+                pass
+            try:
+                self._blob.reload()
+                holder, generation = json.loads(self._blob.download_as_text()), self._blob.generation
+            except self._not_found:
+                continue
+            self._take_over(holder, generation)
             return
-        except self._precondition:
-            pass
-        self._blob.reload()
-        holder, generation = json.loads(self._blob.download_as_text()), self._blob.generation
+        raise UserError(f"{self.workdir}: its lease changed hands three times while this run asked; try again.")
+
+    def _take_over(self, holder: dict, generation: int) -> None:
         why = _gone(holder)
         if why is None:
             age = time.time() - float(holder.get("renewed", 0))

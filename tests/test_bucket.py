@@ -179,9 +179,13 @@ def test_a_profile_of_a_run_on_a_bucket_is_uploaded_when_the_trace_stops(workdir
     assert not trace.local.exists()  # the local copy is removed once uploaded
 
 
-def test_a_missing_bucket_is_a_clear_error(gcs):
+def test_a_missing_bucket_a_whole_bucket_or_another_scheme_is_a_clear_error(gcs):
     with pytest.raises(UserError, match="does not exist"):
         checkpoint.RunCheckpoints("gs://no-such-bucket/run", smoke.get_config())
+    with pytest.raises(UserError, match="is a whole bucket; give the run a folder in it"):
+        checkpoint.RunCheckpoints(gcs.bucket, smoke.get_config())
+    with pytest.raises(UserError, match="on gs:// buckets only"):
+        checkpoint.load_for_inference("s3://bucket/run")
 
 
 def test_states_are_restored_on_a_bucket_in_place(workdir):
