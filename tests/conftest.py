@@ -18,6 +18,7 @@ from digitjax import data
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ("--config", "experiments/smoke.py")
 MNIST_FIXTURES = {"mnist_dir", "tfds_dir", "test_split", "run_cli", "served_checkpoints", "start_training"}
+MNIST_FIXTURES |= {"uninterrupted"}
 
 
 def pytest_collection_modifyitems(items):
@@ -126,6 +127,19 @@ def start_training(tfds_dir, mnist_dir):
         return subprocess.Popen(command, cwd=ROOT, env={**env, **more_env}, **pipes)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(start_training, tmp_path_factory) -> Path:
+    """The workdir of a run with the fault tests' options never interrupted: what killed runs,
+    on a disk or a bucket, must end with bit for bit."""
+    from tests.test_faults import FAULTS
+
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    proc = start_training(workdir, *FAULTS)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return workdir
 
 
 @pytest.fixture(scope="session")

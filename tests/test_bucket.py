@@ -204,13 +204,11 @@ def test_states_are_restored_on_a_bucket_in_place(workdir):
 
 
 @pytest.mark.slow
-def test_a_run_on_a_bucket_killed_three_times_ends_bit_identical(gcs, tmp_path, start_training, saved_arrays, run_cli):
+def test_a_run_on_a_bucket_killed_three_times_ends_bit_identical(
+    gcs, start_training, saved_arrays, uninterrupted, run_cli
+):
     """Trained on gs:// as a TPU user would, killed three times at random steps, then run again:
     the arrays of an uninterrupted local run; then a damaged step on the bucket is passed over."""
-    reference = start_training(tmp_path / "reference", *FAULTS)
-    out, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-3000:]
-
     seed = int(time.time())
     rng, log = random.Random(seed), [f"random seed {seed}"]
     workdir = epath.Path(f"{gcs.bucket}/killed-{time.time_ns()}")
@@ -222,7 +220,7 @@ def test_a_run_on_a_bucket_killed_three_times_ends_bit_identical(gcs, tmp_path, 
     assert proc.returncode == 0, err[-3000:]
     assert f"step {TOTAL_STEPS}, test accuracy" in out and "Resuming" in err, log
     print("\n".join(log))
-    _assert_bit_identical(saved_arrays(workdir, TOTAL_STEPS), saved_arrays(tmp_path / "reference", TOTAL_STEPS))
+    _assert_bit_identical(saved_arrays(workdir, TOTAL_STEPS), saved_arrays(uninterrupted, TOTAL_STEPS))
 
     # The run's metrics and TensorBoard events are on the bucket, each step once.
     train_steps = [r["step"] for r in metrics.read(workdir) if r["split"] == "train"]

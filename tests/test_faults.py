@@ -100,13 +100,9 @@ def _kill_during_save(proc, workdir: Path) -> str | None:
     return f"SIGKILL while writing {partial[0]}" if partial else None
 
 
-def test_three_sigkills_and_a_sigterm_resume_bit_identical(tmp_path, start_training, saved_arrays):
+def test_three_sigkills_and_a_sigterm_resume_bit_identical(tmp_path, start_training, saved_arrays, uninterrupted):
     """Killed three times at random moments, one of them inside a checkpoint write, and stopped
     once by SIGTERM, the run ends with exactly the arrays of an uninterrupted one."""
-    reference = start_training(tmp_path / "reference", *FAULTS)
-    out, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-3000:]
-
     seed = int(time.time())
     rng = random.Random(seed)
     workdir = tmp_path / "interrupted"
@@ -144,7 +140,7 @@ def test_three_sigkills_and_a_sigterm_resume_bit_identical(tmp_path, start_train
     assert proc.returncode == 0, err[-3000:]
     assert f"step {TOTAL_STEPS}, test accuracy" in out and "Resuming" in err
     print("\n".join(log))
-    _assert_bit_identical(saved_arrays(workdir, TOTAL_STEPS), saved_arrays(tmp_path / "reference", TOTAL_STEPS))
+    _assert_bit_identical(saved_arrays(workdir, TOTAL_STEPS), saved_arrays(uninterrupted, TOTAL_STEPS))
 
 
 def _config(**changes):
