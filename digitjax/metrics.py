@@ -21,10 +21,11 @@ def tensorboard_dir(workdir: str | epath.Path) -> epath.Path:
 
 
 def read(workdir: str | epath.Path) -> list[dict]:
-    path = metrics_path(workdir)
-    if not path.is_file():
+    try:
+        text = objectstore.read_text(metrics_path(workdir))  # whole, also while a run rewrites it on a bucket
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 TARGETS = (0.99, 0.995)  # the test accuracies whose time-to is reported

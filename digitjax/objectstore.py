@@ -74,6 +74,19 @@ def write_text(path: epath.Path, text: str) -> None:
     os.replace(partial, path)
 
 
+def read_text(path: epath.Path) -> str:
+    """A file's text; on a bucket in one request, so a reader racing the writer's replacement of
+    the object gets the old or the new one whole (gcsfs asks the size first, then a byte range)."""
+    if not is_remote(path):
+        return path.read_text()
+    from google.api_core import exceptions
+
+    try:
+        return _bucket(path).blob(str(path).removeprefix("gs://").split("/", 1)[1]).download_as_text()
+    except exceptions.NotFound:
+        raise FileNotFoundError(str(path)) from None
+
+
 def move(src: epath.Path, dst: epath.Path) -> None:
     """Renames a folder; on a bucket, copies each object and then deletes the originals. A move
     interrupted there leaves the source whole or partly deleted, never a file half-copied."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from digitjax import checkpoint, integrity, orbax_internals, trainer
+from digitjax import checkpoint, integrity, objectstore, orbax_internals, trainer
 from digitjax.errors import UserError
 from experiments import smoke
 
@@ -44,7 +44,7 @@ def _assert_bit_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) ->
 def _progress(workdir: Path | str) -> int:
     """The newest step in the run's training log (written every 5 steps), on a disk or a bucket."""
     try:
-        lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+        lines = objectstore.read_text(epath.Path(workdir) / "metrics.jsonl").splitlines()
     except FileNotFoundError:
         return 0
     steps = [0]
