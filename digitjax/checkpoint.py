@@ -136,7 +136,7 @@ class RunCheckpoints:
         return step in self.mngr.all_steps()
 
     def save(self, step: int, state: TrainState, rng: jax.Array, meta: dict) -> None:
-        """Saves asynchronously; orbax writes to a temporary directory and renames it when done."""
+        """Saves asynchronously; Orbax commits the step when done (a rename on a disk, a commit file on a bucket)."""
         self._raise_failed_save(self.mngr.wait_until_finished)  # the previous save, before a new one starts
         if self._lock is not None:
             self._lock.check()  # a run that lost its workdir's lease saves nothing more

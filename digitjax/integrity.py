@@ -1,7 +1,7 @@
 """Run integrity: each checkpoint step's manifest, and the one policy for damaged steps.
 
 Every step holds `digitjax_manifest.json`, the size and sha256 of every file of its items,
-written before the rename that commits the step. A step whose files no longer match it
+written before Orbax commits the step. A step whose files no longer match it
 (truncated, deleted, changed) is damaged, and the policy, for training and inference alike:
 a damaged step is never used; the newest intact step stands in for it and the user is told
 which steps were passed over and why; when no step is intact, nothing is used or changed and

@@ -82,7 +82,7 @@ def read_text(path: epath.Path) -> str:
     from google.api_core import exceptions
 
     try:
-        return _bucket(path).blob(str(path).removeprefix("gs://").split("/", 1)[1]).download_as_text()
+        return _blob(path).download_as_text()
     except exceptions.NotFound:
         raise FileNotFoundError(str(path)) from None
 
@@ -113,6 +113,11 @@ def _bucket(path: epath.Path):
     return storage.Client().bucket(str(path).removeprefix("gs://").split("/", 1)[0])
 
 
+def _blob(path: epath.Path):
+    """The object at gs://bucket/name."""
+    return _bucket(path).blob(str(path).removeprefix("gs://").split("/", 1)[1])
+
+
 def _holder() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "renewed": time.time()}
 
@@ -138,7 +143,7 @@ class LeaseLock:
 
         self.workdir = workdir
         self._precondition, self._not_found = exceptions.PreconditionFailed, exceptions.NotFound
-        self._blob = _bucket(workdir).blob(f"{str(workdir).removeprefix('gs://').split('/', 1)[1]}/.lock")
+        self._blob = _blob(workdir / ".lock")
         self.lost: str | None = None
         self.note: str | None = None  # a lease taken over, for the trainer to tell
         self._stop = threading.Event()
