@@ -22,7 +22,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from digitjax import augment, parallel
+from digitjax import augment, objectstore, parallel
 from digitjax import model as model_lib
 from digitjax.model import NUM_CLASSES
 
@@ -107,6 +107,7 @@ def report(workdir: epath.Path, step: int | None, data_dir: str | None, mnist_di
         "test_errors": int((predictions_N != test.labels_N).sum()),
         "per_class_accuracy": {str(c): float(counts_CxC[c, c] / counts_CxC[c].sum()) for c in range(NUM_CLASSES)},
         "confusion_matrix": counts_CxC.tolist(),
+        "mistakes": mistakes(test.labels_N, jax.nn.softmax(result["logits_NxC"])),
         # Labels that differ from those the trainer predicted at this step (None: not recorded,
         # e.g. a mid-epoch checkpoint). Nonzero only if numerics differ, e.g. on another device kind.
         "labels_changed_since_training": _changed(restored.meta.get("test_predictions"), predictions_N),
@@ -115,7 +116,8 @@ def report(workdir: epath.Path, step: int | None, data_dir: str | None, mnist_di
     }
     out = workdir / "report"
     out.mkdir(exist_ok=True)
-    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Whole or not at all: the web app reads reports while it makes them.
+    objectstore.write_text(out / "report.json", json.dumps(summary, indent=2) + "\n")
     if plots:
         from digitjax import metrics
         from digitjax import plots as plots_lib
@@ -125,6 +127,23 @@ def report(workdir: epath.Path, step: int | None, data_dir: str | None, mnist_di
         plots_lib.worst_mistakes(test.images_NxHxW, test.labels_N, probs_NxC, out / "mistakes.png")
         plots_lib.curves(metrics.read(workdir), out / "curves.png")
     return summary
+
+
+def mistakes(labels_N: np.ndarray, probs_NxC: np.ndarray) -> list[dict]:
+    """Every wrong answer, the most confident first; `index` is the digit's place in the test split."""
+    probs_NxC = np.asarray(probs_NxC)
+    predictions_N = probs_NxC.argmax(-1)
+    wrong = np.flatnonzero(predictions_N != labels_N)
+    wrong = wrong[np.argsort(-probs_NxC[wrong, predictions_N[wrong]], kind="stable")]
+    return [
+        {
+            "index": int(i),
+            "label": int(labels_N[i]),
+            "predicted": int(predictions_N[i]),
+            "confidence": round(float(probs_NxC[i, predictions_N[i]]), 5),
+        }
+        for i in wrong
+    ]
 
 
 def _changed(recorded: str | None, predictions_N: np.ndarray) -> int | None:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from digitjax import layers
 from digitjax.conv import Conv
 
 NUM_CLASSES = 10
@@ -40,11 +41,11 @@ class Seed(nnx.Module):
         self.dense2 = nnx.Linear(256, NUM_CLASSES, rngs=rngs)
 
     def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = nnx.relu(self.conv1(x_BxHxWx1))
-        x = nnx.relu(self.conv2(x))
-        x = max_pool_2x2(x)
+        x = layers.show("conv1", nnx.relu(self.conv1(x_BxHxWx1)), self.conv1.kernel)
+        x = layers.show("conv2", nnx.relu(self.conv2(x)), self.conv2.kernel)
+        x = layers.show("pool", max_pool_2x2(x))
         x = self.drop1(x, rngs=rngs)
-        x = nnx.relu(self.dense1(x.reshape(x.shape[0], -1)))
+        x = layers.show("dense1", nnx.relu(self.dense1(x.reshape(x.shape[0], -1))))
         x = self.drop2(x, rngs=rngs)
         return self.dense2(x)
 
@@ -64,12 +65,12 @@ class Fast(nnx.Module):
         self.dense2 = nnx.Linear(128, NUM_CLASSES, rngs=rngs)
 
     def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = nnx.relu(self.bn1(self.conv1(x_BxHxWx1)))
-        x = max_pool_2x2(x)
-        x = nnx.relu(self.bn2(self.conv2(x)))
-        x = max_pool_2x2(x)
+        x = layers.show("conv1", nnx.relu(self.bn1(self.conv1(x_BxHxWx1))), self.conv1.kernel)
+        x = layers.show("pool1", max_pool_2x2(x))
+        x = layers.show("conv2", nnx.relu(self.bn2(self.conv2(x))), self.conv2.kernel)
+        x = layers.show("pool2", max_pool_2x2(x))
         x = self.drop(x.reshape(x.shape[0], -1), rngs=rngs)
-        x = nnx.relu(self.dense1(x))
+        x = layers.show("dense1", nnx.relu(self.dense1(x)))
         return self.dense2(x)
 
 
@@ -88,11 +89,11 @@ class Deep(nnx.Module):
     def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
         x = x_BxHxWx1
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            x = nnx.relu(norm(conv(x)))
+            x = layers.show(f"conv{i + 1}", nnx.relu(norm(conv(x))), conv.kernel)
             if i % 2:
-                x = max_pool_2x2(x)
+                x = layers.show(f"pool{i // 2 + 1}", max_pool_2x2(x))
         x = self.drop(x.reshape(x.shape[0], -1), rngs=rngs)
-        x = self.drop(nnx.relu(self.dense1(x)), rngs=rngs)
+        x = self.drop(layers.show("dense1", nnx.relu(self.dense1(x))), rngs=rngs)
         return self.dense2(x)
 
 

@@ -47,6 +47,14 @@ def _gray(image: np.ndarray | Image.Image) -> np.ndarray:
     return array / 255.0 if array.max() > 1.0 else array
 
 
+def as_is(pixels_28x28: np.ndarray) -> Prepared:
+    """28x28 grey levels already normalised as MNIST's are (255 = ink), e.g. an MNIST digit: used
+    unchanged, so the model answers exactly what evaluation answered for it."""
+    image = np.clip(np.round(pixels_28x28), 0, 255).astype(np.uint8)
+    empty = not image.any()
+    return Prepared(image, empty=empty, digit_like=not empty, inverted=False)
+
+
 def to_mnist(image: np.ndarray | Image.Image) -> Prepared:
     """A drawing, scan or photo of one digit (either polarity, any size) -> MNIST-style 28x28."""
     x = _gray(image)

@@ -1,15 +1,14 @@
 """Serving speed of POST /api/predict over loopback HTTP, under gunicorn.
 
-    python -m experiments.bench_serve --workdir checkpoints/fast            # ~40 s
+    python -m experiments.bench_serve --workdir checkpoints/fast            # ~1 min
     python -m experiments.bench_serve --workdir checkpoints/fast --smoke    # a few seconds
 
 Starts `gunicorn -w 2 "webui:create_app()"` on a free loopback port, then sends a 280x280
-canvas PNG of a test digit: one client for --requests requests (p50/p99 latency), then 8
-concurrent clients for --seconds (requests/s). Prints a table and one JSON line. Bounded in
-count and time; stops the server when done.
-
-Measured on the 2-core CPU machine with checkpoints/fast: one client p50 5.4 ms, p99 7.3 ms;
-8 clients 335 requests/s (p99 34.2 ms), 0 errors; the model 1.28 ms per request.
+canvas PNG of a drawn digit: one client for --requests requests of each kind (p50/p99
+latency) - plain (`fields: []`), with saliency (the API's default), and with saliency,
+layers and neighbours (what the page asks for while drawing) - then 8 concurrent clients for
+--seconds (requests/s, saliency). Prints a table and one JSON line. Bounded in count and time;
+stops the server when done. experiments/RESULTS.md has the figures measured.
 """
 
 from __future__ import annotations
@@ -101,10 +100,32 @@ def canvas_png() -> bytes:
     return buf.getvalue()
 
 
+KINDS = {"plain": [], "saliency": ["saliency"], "insight": ["saliency", "layers", "neighbours"]}
+
+
+def _one_client(port: int, image: str, fields: list[str], requests: int) -> dict:
+    body = json.dumps({"image": image, "fields": fields}).encode()
+    for _ in range(10):  # warm both workers' connections and caches
+        _post(port, body)
+    latencies, model_ms = [], []
+    for _ in range(requests):
+        status, payload, ms = _post(port, body)
+        assert status == 200, payload
+        latencies.append(ms)
+        model_ms.append(payload["model_ms"])
+    return {
+        "fields": fields,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "model_ms_p50": float(np.percentile(model_ms, 50)),
+        "response_bytes": len(json.dumps(payload)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark /api/predict under gunicorn.")
     parser.add_argument("--workdir", default="checkpoints/fast")
-    parser.add_argument("--requests", type=int, default=500, help="sequential requests of the one client")
+    parser.add_argument("--requests", type=int, default=500, help="sequential requests of the one client, per kind")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the 8-client phase")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
@@ -114,16 +135,9 @@ def main() -> None:
         args.requests, args.seconds = 20, 2.0
 
     with gunicorn(args.workdir, args.workers) as (port, _):
-        body = json.dumps({"image": base64.b64encode(canvas_png()).decode(), "saliency": True}).encode()
-        for _ in range(10):  # warm both workers' connections and caches
-            _post(port, body)
-
-        latencies, model_ms = [], []
-        for _ in range(args.requests):
-            status, payload, ms = _post(port, body)
-            assert status == 200, payload
-            latencies.append(ms)
-            model_ms.append(payload["model_ms"])
+        image = base64.b64encode(canvas_png()).decode()
+        one_client = {kind: _one_client(port, image, fields, args.requests) for kind, fields in KINDS.items()}
+        body = json.dumps({"image": image, "fields": ["saliency"]}).encode()
 
         done, errors, stop = [], [], time.perf_counter() + args.seconds
 
@@ -148,9 +162,7 @@ def main() -> None:
     report = {
         "workdir": args.workdir,
         "one_client_requests": args.requests,
-        "one_client_p50_ms": float(np.percentile(latencies, 50)),
-        "one_client_p99_ms": float(np.percentile(latencies, 99)),
-        "model_ms_p50": float(np.percentile(model_ms, 50)),
+        "one_client": one_client,
         "concurrent_clients": args.clients,
         "gunicorn_workers": args.workers,
         "concurrent_requests_per_s": len(done) / elapsed,
@@ -159,10 +171,12 @@ def main() -> None:
         "cpu_cores": os.cpu_count(),
         "jax": jax.__version__,
     }
-    print(
-        f"one client, {args.requests} requests: p50 {report['one_client_p50_ms']:.1f} ms, "
-        f"p99 {report['one_client_p99_ms']:.1f} ms; model {report['model_ms_p50']:.2f} ms per request (p50)"
-    )
+    for kind, figures in one_client.items():
+        print(
+            f"one client, {args.requests} requests, {kind:>8}: p50 {figures['p50_ms']:.1f} ms, "
+            f"p99 {figures['p99_ms']:.1f} ms; model {figures['model_ms_p50']:.2f} ms (p50), "
+            f"{figures['response_bytes']:,} bytes"
+        )
     print(
         f"{args.clients} clients, {args.workers} gunicorn workers, {args.seconds:.0f} s: "
         f"{report['concurrent_requests_per_s']:.0f} requests/s, p99 {report['concurrent_p99_ms']:.1f} ms, "

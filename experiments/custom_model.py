@@ -13,6 +13,7 @@ Expected: 97.83% test accuracy after 2 epochs (seed 0), 3.5 s of training on the
 import jax
 from flax import nnx
 
+from digitjax import layers
 from digitjax.conv import Conv
 from digitjax.model import NUM_CLASSES, max_pool_2x2
 from experiments import default
@@ -26,7 +27,9 @@ class TinyCNN(nnx.Module):
         self.dense = nnx.Linear(14 * 14 * 12, NUM_CLASSES, rngs=rngs)
 
     def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        x_BxHxWxC = max_pool_2x2(nnx.relu(self.conv(x_BxHxWx1)))
+        # What the canvas shows of it (digitjax/layers.py); the last one shown is its embedding.
+        x_BxHxWxC = layers.show("conv", nnx.relu(self.conv(x_BxHxWx1)), self.conv.kernel)
+        x_BxHxWxC = layers.show("pool", max_pool_2x2(x_BxHxWxC))
         return self.dense(x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1))
 
 

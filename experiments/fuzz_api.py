@@ -38,6 +38,13 @@ from PIL import Image
 
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 ENDPOINTS = ("/api/predict", "/api/model", "/api/openapi.json", "/healthz", "/", "/static/app.js", "/static/app.css")
+ENDPOINTS += (
+    "/api/runs/tiny",
+    "/api/runs/tiny/layers/conv1/kernel",
+    "/api/digits/test/0",
+    "/runs/tiny",
+    "/runs/a/vs/b",
+)
 # Paths that would reach files outside the app if anything joined them to a folder naively.
 TRAVERSALS = (
     "/static/../digitjax/train.py",
@@ -136,6 +143,8 @@ PREDICT_JSON = st.fixed_dictionaries(
         "image": IMAGE_FIELD,
         "run": st.one_of(st.sampled_from(RUN_NAMES), st.text(max_size=20), JSON_ANY),
         "saliency": JSON_ANY,
+        "normalise": JSON_ANY,
+        "fields": st.one_of(st.lists(st.sampled_from(["saliency", "layers", "neighbours", "x"]), max_size=4), JSON_ANY),
     },
 )
 
@@ -145,7 +154,9 @@ def multipart(draw) -> tuple[str, bytes]:
     boundary = "fuzz" + draw(st.text("abcdef0123456789", min_size=1, max_size=16))
     parts = []
     for _ in range(draw(st.integers(0, 4))):
-        name = draw(st.one_of(st.sampled_from(["image", "image", "file", "run", "saliency"]), st.text(max_size=10)))
+        name = draw(
+            st.one_of(st.sampled_from(["image", "image", "file", "run", "saliency", "fields"]), st.text(max_size=10))
+        )
         if draw(st.booleans()):
             head = f'Content-Disposition: form-data; name="{name}"; filename="digit.png"\r\nContent-Type: image/png'
             content = draw(files())
@@ -203,7 +214,8 @@ def problem(method: str, path: str, status: int, headers: dict, body: bytes) -> 
         "content-security-policy", ""
     ):
         return "security headers missing"
-    if 400 <= status < 500 and method != "HEAD":
+    page = path.startswith("/runs/") and headers.get("content-type", "").startswith("text/html")
+    if 400 <= status < 500 and method != "HEAD" and not page:  # a page's 404 is a page a person reads
         if not headers.get("content-type", "").startswith("application/json"):
             return f"status {status} with Content-Type {headers.get('content-type')!r}, not JSON"
         try:

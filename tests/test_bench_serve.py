@@ -1,8 +1,6 @@
 """The serving benchmark and load test in smoke mode: gunicorn over loopback, no error, no mix-up."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,18 +11,16 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_serve_smoke_under_gunicorn(served_checkpoints):
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.bench_serve", "--workdir", str(served_checkpoints / "tiny"), "--smoke"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_bench_serve_smoke_under_gunicorn(served_checkpoints, run_cli):
+    proc = run_cli("experiments.bench_serve", "--workdir", str(served_checkpoints / "tiny"), "--smoke", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["errors"] == 0 and report["one_client_requests"] == 20
-    assert report["concurrent_requests_per_s"] > 0 and report["model_ms_p50"] > 0
+    assert report["concurrent_requests_per_s"] > 0
+    kinds = report["one_client"]
+    assert set(kinds) == {"plain", "saliency", "insight"} and all(k["model_ms_p50"] > 0 for k in kinds.values())
+    # The page's answer carries every layer and the neighbours; a plain one only the answer.
+    assert kinds["plain"]["response_bytes"] < kinds["saliency"]["response_bytes"] < kinds["insight"]["response_bytes"]
 
 
 def test_load_test_smoke_concurrent_answers_are_each_their_own(served_checkpoints, run_cli):

@@ -4,12 +4,14 @@ Needs Debian's chromium and chromium-driver (installed by .ci/run). Screenshots 
 test-artifacts/ (or $DIGITJAX_ARTIFACTS).
 """
 
+import base64
 import math
 import os
 import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
@@ -22,13 +24,35 @@ pytestmark = pytest.mark.slow
 ARTIFACTS = Path(os.environ.get("DIGITJAX_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 
 
-@pytest.fixture(scope="module")
-def server(served_checkpoints):
-    app = create_app({"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None})
+def serve(app):
     httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+@pytest.fixture(scope="module")
+def server(served_checkpoints, tfds_dir, mnist_dir):
+    config = {"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
+    httpd = serve(create_app(config | {"MNIST_DIR": str(mnist_dir)}))
     yield f"http://127.0.0.1:{httpd.server_port}/"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def zoo(synthetic_tfds, tmp_path_factory):
+    """A server of one briefly trained run of every model of the zoo, on the synthetic digits."""
+    from digitjax import model as model_lib
+    from digitjax import trainer
+    from experiments import smoke
+
+    root = tmp_path_factory.mktemp("zoo")
+    for name in model_lib.MODELS:
+        config = smoke.get_config()
+        config.model, config.train_size, config.validation_size, config.num_epochs = name, 96, 0, 1
+        trainer.train_and_evaluate(config, root / name, str(synthetic_tfds), mnist_dir="/nonexistent")
+    app = create_app({"CHECKPOINTS_DIR": str(root), "WORKDIR": None, "DATA_DIR": str(synthetic_tfds)})
+    httpd = serve(app)
+    yield app, f"http://127.0.0.1:{httpd.server_port}/"
     httpd.shutdown()
 
 
@@ -139,6 +163,16 @@ def test_drawing_shows_the_digit(server, browser, kind, digit):
         "let ink = 0; for (let i = 0; i < d.length; i += 4) ink += d[i] > 128; return ink;"
     )
     assert seen > 100, "the 28x28 input is shown"
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 10).until(lambda d: len(d.find_elements("css selector", "#neighbours li")) == 8)
+    neighbours = browser.find_elements("css selector", "#neighbours li")
+    assert len(neighbours) == 8 and all(
+        n.find_element("tag name", "img").get_attribute("naturalWidth") == "28" for n in neighbours
+    )
+    labels = [int(n.get_attribute("data-label")) for n in neighbours]
+    assert labels.count(digit) >= 4, f"the nearest training digits of a {digit}: {labels}"
+    assert browser.find_elements("css selector", "#layers canvas.maps"), "the layers are drawn"
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / f"canvas-{kind}-{digit}.png"))
     blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
@@ -216,3 +250,201 @@ def test_dark_mode_follows_the_system(server, browser):
         browser.save_screenshot(str(ARTIFACTS / "dark-mode.png"))
     finally:
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
+
+# The page's layer canvases as [name, [width, height], base64 of the red channel] (maps), or
+# [name, null, [[unit, value], ...]] (the strongest units of a dense layer).
+READ_LAYERS = """
+return [...document.querySelectorAll('#layers .layer')].map(row => {
+  const canvas = row.querySelector('canvas');
+  const units = [...row.querySelectorAll('.units li')].map(li => [+li.dataset.unit, +li.dataset.value]);
+  if (!canvas) return [row.dataset.layer, null, units];
+  const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let s = ''; for (let i = 0; i < d.length; i += 4) s += String.fromCharCode(d[i]);
+  return [row.dataset.layer, [canvas.width, canvas.height], btoa(s)];
+});
+"""
+
+
+def _page_maps(width: int, height: int, data: str, shape: list[int]) -> np.ndarray:
+    """The HxWxC grey levels of a layer's canvas: tile c at column c % 16, row c // 16, 1 px apart."""
+    h, w, c = shape
+    grey = np.frombuffer(base64.b64decode(data), np.uint8).reshape(height, width)
+    tiles = [grey[(i // 16) * (h + 1) :][:h, (i % 16) * (w + 1) :][:, :w] for i in range(c)]
+    return np.stack(tiles, -1)
+
+
+def _load_test_digit(driver, base: str, run: str, index: int) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{base}?run={run}&test={index}")
+    WebDriverWait(driver, 30).until(
+        lambda d: (
+            d.find_element("id", "label").get_attribute("data-label") is not None
+            and d.execute_script("return document.querySelectorAll('#layers .layer').length") > 0
+        )
+    )
+
+
+@pytest.mark.parametrize("name", ["seed", "fast", "small", "deep"])
+def test_the_pages_feature_maps_are_the_models_own(zoo, browser, name):
+    """For a test digit loaded into the canvas, every feature map the page draws equals the model's
+    own intermediate value (to the page's 8-bit grey levels), and the strongest units are its."""
+    from digitjax import checkpoint, layers
+    from digitjax import model as model_lib
+
+    app, base = zoo
+    index = 3
+    _load_test_digit(browser, base, name, index)
+    image = app.extensions["digitjax.mnist"].split("test").images_NxHxW[index]
+    model = checkpoint.load_for_inference(app.extensions["digitjax"].runs[name].workdir).model
+    _, recorded = layers.record(model, model_lib.to_input(image[None]))
+    shown = browser.execute_script(READ_LAYERS)
+    assert [row[0] for row in shown] == [n for n, _, _ in recorded]
+    counts = {}
+    for (layer, size, data), (_, value, _) in zip(shown, recorded):
+        value = np.asarray(value[0], np.float64)
+        low, high = value.min(), value.max()
+        if size is None:  # units: the page lists the strongest, with their values
+            units = [u for u, _ in data]
+            assert units == list(np.argsort(-value, kind="stable")[: len(units)]) or np.allclose(
+                sorted(value[units]), sorted(np.sort(value)[-len(units) :]), atol=(high - low) / 255
+            ), layer
+            np.testing.assert_allclose([v for _, v in data], value[units], atol=(high - low) / 255 + 1e-3)
+            counts[layer] = f"{len(units)} of {value.size} units"
+            continue
+        maps = _page_maps(*size, data, list(value.shape))
+        expected = np.round((value - low) / max(high - low, 1e-6) * 255)
+        assert np.abs(maps - expected).max() <= 1, f"{name} {layer}: the page's maps differ from the model's"
+        counts[layer] = f"{value.shape[-1]} maps of {value.shape[0]}x{value.shape[1]}"
+    print(f"{name}: {counts}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / f"layers-{name}.png"))
+
+
+def test_a_feature_map_large_beside_its_kernel(zoo, browser):
+    """Hovering a map shows it large (its pixels those of the tile) beside its kernel in red/blue."""
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app, base = zoo
+    _load_test_digit(browser, base, "fast", 5)
+    canvas = browser.find_element("css selector", '#layers .layer[data-layer="conv1"] canvas')
+    box = browser.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", canvas)
+    scale = box[0] / browser.execute_script("return arguments[0].width", canvas)
+    # Tile 17: column 1, row 1 of the 16-wide grid of 28x28 maps.
+    x, y = (1 * 29 + 14) * scale - box[0] / 2, (1 * 29 + 14) * scale - box[1] / 2
+    ActionChains(browser).move_to_element_with_offset(canvas, int(x), int(y)).perform()
+    WebDriverWait(browser, 10).until(lambda d: "map 17" in d.find_element("id", "detail-title").text)
+    WebDriverWait(browser, 10).until(lambda d: "kernel" in d.find_element("id", "detail-kernel-note").text)
+    # The 3x3 kernel of map 17, drawn 140/3 px a weight: red for positive, blue for negative, by
+    # the weight's share of the largest in the layer's kernel.
+    kernel_HWIO = app.extensions["digitjax"].runs["fast"].layers[0].kernel_HWIO
+    drawn = browser.execute_script(
+        "const c = document.getElementById('detail-kernel').getContext('2d');"
+        "return [0, 1, 2].map(i => [0, 1, 2].map(j => [...c.getImageData(Math.floor((j + 0.5) * 140 / 3),"
+        " Math.floor((i + 0.5) * 140 / 3), 1, 1).data].slice(0, 3)));"
+    )
+    v = kernel_HWIO[..., 0, 17] / np.abs(kernel_HWIO).max()
+    expected = np.where(
+        (v >= 0)[..., None],
+        np.stack([np.full_like(v, 255), 255 * (1 - v), 255 * (1 - v)], -1),
+        np.stack([255 * (1 + v), 255 * (1 + v), np.full_like(v, 255)], -1),
+    )
+    assert np.abs(np.asarray(drawn) - expected).max() <= 4, (drawn, expected.round())
+    red_of = "return [...arguments[0].getContext('2d').getImageData({}).data].filter((_, i) => i % 4 == 0)"
+    large = browser.execute_script(red_of.format("0, 0, 140, 140"), browser.find_element("id", "detail-map"))
+    tile = browser.execute_script(red_of.format("29, 29, 28, 28"), canvas)
+    large, tile = np.asarray(large).reshape(140, 140), np.asarray(tile).reshape(28, 28)
+    np.testing.assert_array_equal(large[2::5, 2::5], tile, "the large map is the tile, enlarged")
+    browser.execute_script("document.getElementById('detail').scrollIntoView()")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "feature-map-detail.png"))
+
+
+def _screenshot(driver) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")).astype(int)
+
+
+def _element_pixels(driver, shot: np.ndarray, selector: str) -> np.ndarray:
+    """The screenshot's pixels inside an element (scrolled into view before the screenshot)."""
+    scale = driver.execute_script("return window.devicePixelRatio")
+    r = driver.execute_script(
+        f"const r = document.querySelector('{selector}').getBoundingClientRect();"
+        "return [r.left, r.top, r.width, r.height];"
+    )
+    left, top, width, height = (round(v * scale) for v in r)
+    return shot[top : top + height, left : left + width]
+
+
+def test_run_page_shows_the_report_and_a_mistake_opens_in_the_canvas(server, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.set_window_size(1280, 2000)
+    try:
+        browser.get(server + "runs/tiny")
+        WebDriverWait(browser, 180).until(
+            lambda d: d.execute_script("return document.querySelector('section.run').dataset.ready")
+        )
+        WebDriverWait(browser, 5).until(lambda d: d.execute_script("return document.getAnimations().length === 0"))
+        shot = _screenshot(browser)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "run-page.png"))
+        counts = browser.execute_script(
+            "return [...document.querySelectorAll('.confusion td')].map(td => +td.dataset.count)"
+        )
+        assert len(counts) == 100 and sum(counts) == 10000
+        # Pixels: each diagonal cell is tinted green, a frequent mistake red.
+        cells = browser.find_elements("css selector", ".confusion td")
+        diagonal = _element_pixels(browser, shot, ".confusion tr:nth-child(2) td:nth-child(2)").reshape(-1, 3).mean(0)
+        assert diagonal[1] > diagonal[0] + 10, f"the diagonal is green: {diagonal}"
+        worst = int(np.argmax([c if i % 11 else -1 for i, c in enumerate(counts)]))
+        row, col = worst // 10 + 2, worst % 10 + 2
+        cell = _element_pixels(browser, shot, f".confusion tr:nth-child({row}) td:nth-child({col})").reshape(-1, 3)
+        assert cell.mean(0)[0] > cell.mean(0)[1] + 40, "the most frequent mistake is red"
+        assert len(cells) == 100
+        # The curves are drawn: the test accuracy's line has a point per evaluation.
+        points = browser.execute_script(
+            "return document.querySelector('.chart polyline[data-split=\"test\"]').getAttribute('points')"
+        )
+        assert len(points.split()) >= 1
+        mistakes = browser.find_elements("css selector", ".mistakes a")
+        assert len(mistakes) == 96
+        first = mistakes[0].get_attribute("title")  # "test digit #I: labelled L, answered P (C%)"
+        predicted = int(first.split("answered ")[1].split()[0])
+        mistakes[0].click()
+        assert answer(browser) == predicted, "the canvas answers the mistake as evaluation did"
+        assert "test digit #" in browser.find_element("id", "run-info").text
+        pad = _element_pixels(browser, _screenshot(browser), "#pad")
+        assert (pad.mean(-1) < 100).mean() > 0.03, "the digit is drawn on the pad"
+    finally:
+        browser.set_window_size(1100, 900)
+
+
+def test_two_runs_side_by_side(zoo, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, base = zoo
+    browser.set_window_size(1280, 900)
+    try:
+        browser.get(base + "runs/seed/vs/fast")
+        WebDriverWait(browser, 180).until(
+            lambda d: d.execute_script(
+                "return [...document.querySelectorAll('section.run')].every(s => s.dataset.ready)"
+            )
+        )
+        boxes = browser.execute_script(
+            "return [...document.querySelectorAll('section.run')].map(s => {"
+            "const r = s.getBoundingClientRect(); return [r.left, r.top, r.width]; })"
+        )
+        assert len(boxes) == 2 and abs(boxes[0][1] - boxes[1][1]) < 1 and boxes[1][0] >= boxes[0][0] + boxes[0][2]
+        titles = [e.text for e in browser.find_elements("css selector", "section.run h2 a")]
+        assert titles == ["seed", "fast"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "compare-runs.png"))
+    finally:
+        browser.set_window_size(1100, 900)

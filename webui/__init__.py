@@ -14,7 +14,7 @@ from flask import Flask
 
 def create_app(config: dict | None = None) -> Flask:
     """The app, with every run under CHECKPOINTS_DIR restored and its predict function compiled."""
-    from webui import serving, views
+    from webui import reports, serving, views
 
     app = Flask(__name__)
     app.config.from_mapping(
@@ -23,9 +23,17 @@ def create_app(config: dict | None = None) -> Flask:
         MAX_CONTENT_LENGTH=8 * 1024 * 1024,  # bytes of one request; more is a 413
         MAX_IMAGE_PIXELS=4096 * 4096,  # an upload larger than this is refused before decoding
         UNSURE_BELOW=0.7,  # a top probability under this is shown as unsure
+        NEIGHBOURS=8,  # nearest training digits per answer; 0 skips embedding the training set at start-up
+        DATA_DIR=os.environ.get("TFDS_DATA_DIR"),  # TFDS data dir of `mnist`: neighbours, test digits, reports
+        MNIST_DIR=os.environ.get("DIGITJAX_MNIST_DIR"),  # local IDX files to prepare it from, where offline
+        MISTAKES_SHOWN=96,  # test mistakes on a run page, the most confident first
     )
     app.config.update(config or {})
-    app.extensions["digitjax"] = serving.Runs.load(app.config["CHECKPOINTS_DIR"], app.config["WORKDIR"])
+    c = app.config
+    mnist = serving.Mnist(c["DATA_DIR"], c["MNIST_DIR"])
+    app.extensions["digitjax"] = serving.Runs.load(c["CHECKPOINTS_DIR"], c["WORKDIR"], mnist, c["NEIGHBOURS"])
+    app.extensions["digitjax.mnist"] = mnist
+    app.extensions["digitjax.reports"] = reports.Reports(c["DATA_DIR"], c["MNIST_DIR"])
     if app.extensions["digitjax"].problem:
         app.logger.error(app.extensions["digitjax"].problem)
     app.register_blueprint(views.bp)

@@ -54,7 +54,7 @@ def _pixels(values) -> np.ndarray:
 
 
 def image_from_request(request: Request, max_pixels: int) -> tuple[Image.Image | np.ndarray, dict]:
-    """The image and the options (`run`, `saliency`) of a multipart or JSON request."""
+    """The image and the options (`run`, `saliency`, `fields`, `normalise`) of a multipart or JSON request."""
     if request.files:
         upload = request.files.get("image")
         if upload is None:
@@ -71,7 +71,7 @@ def image_from_request(request: Request, max_pixels: int) -> tuple[Image.Image |
         )
     if not isinstance(body, dict):
         raise BadInput("The JSON body must be an object.")
-    options = {k: body[k] for k in ("run", "saliency") if k in body}
+    options = {k: body[k] for k in ("run", "saliency", "fields", "normalise") if k in body}
     if "pixels" in body:
         return _pixels(body["pixels"]), options
     data = body.get("image")

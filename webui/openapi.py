@@ -6,12 +6,50 @@ _ERROR = {
 }
 _GRID = {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 28, "maxItems": 28}}
 
+
+def _json(schema: str, description: str) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _object(properties: dict, optional: tuple[str, ...] = ()) -> dict:
+    """An object with exactly these properties: all required but `optional`, no others."""
+    required = [k for k in properties if k not in optional]
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_RUN_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_LEVELS = {
+    "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+    "low": {"type": "number", "description": "the value level 0 stands for"},
+    "high": {"type": "number", "description": "the value level 255 stands for"},
+    "levels": {
+        "type": "string",
+        "contentEncoding": "base64",
+        "description": "uint8 levels, row-major in `shape` (feature maps HxWxC, kernels HxWxInxOut)",
+    },
+}
+_CURVE_POINT = _object(
+    {
+        "step": {"type": "integer"},
+        "split": {"type": "string", "enum": ["train", "val", "test"]},
+        "loss": _NULLABLE_NUMBER,
+        "accuracy": _NULLABLE_NUMBER,
+        "train_seconds": {"type": "number"},
+    },
+    optional=("loss", "accuracy", "train_seconds"),
+)
+
 SPEC = {
     "openapi": "3.1.0",
     "info": {
         "title": "digitjax",
-        "version": "0.1.0",
-        "description": "Handwritten digit recognition: send an image of one digit, get the model's answer.",
+        "version": "0.2.0",
+        "description": "Handwritten digit recognition: send an image of one digit, get the model's answer, "
+        "and if asked, what each layer made of it and the training digits nearest to it.",
     },
     "paths": {
         "/api/predict": {
@@ -29,18 +67,17 @@ SPEC = {
                                     "image": {"type": "string", "format": "binary"},
                                     "run": {"type": "string"},
                                     "saliency": {"type": "string", "enum": ["true", "false"]},
+                                    "fields": {"type": "string", "description": "comma-separated, as in JSON"},
                                 },
                             }
                         },
                     },
                 },
                 "responses": {
-                    "200": {
-                        "description": "The prediction, or empty: true when nothing was drawn",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}},
-                    },
+                    "200": _json("Prediction", "The prediction, or empty: true when nothing was drawn"),
                     "400": _ERROR,
                     "404": _ERROR,
+                    "409": _ERROR,
                     "413": _ERROR,
                     "415": _ERROR,
                     "503": _ERROR,
@@ -50,15 +87,37 @@ SPEC = {
         "/api/model": {
             "get": {
                 "summary": "The runs served here and the default one.",
-                "responses": {
-                    "200": {"description": "Runs", "content": {"application/json": {"schema": {"type": "object"}}}}
-                },
+                "responses": {"200": _json("Runs", "The served runs")},
+            }
+        },
+        "/api/runs/{name}": {
+            "get": {
+                "summary": "A run's learning curves and evaluation report (made in the background when missing).",
+                "parameters": [_RUN_NAME],
+                "responses": {"200": _json("RunReport", "Curves, and the report once made"), "404": _ERROR},
+            }
+        },
+        "/api/runs/{name}/layers/{layer}/kernel": {
+            "get": {
+                "summary": "The convolution kernel that made a layer's feature maps.",
+                "parameters": [
+                    _RUN_NAME,
+                    {"name": "layer", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {"200": _json("Kernel", "The kernel, HxWxInxOut"), "404": _ERROR},
+            }
+        },
+        "/api/digits/test/{index}": {
+            "get": {
+                "summary": "One MNIST test digit, e.g. a run's mistake to draw beside.",
+                "parameters": [{"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {"200": _json("TestDigit", "The digit"), "404": _ERROR, "503": _ERROR},
             }
         },
         "/healthz": {
             "get": {
                 "summary": "Liveness: 200 when a model is served, 503 when none is.",
-                "responses": {"200": {"description": "Serving"}, "503": _ERROR},
+                "responses": {"200": _json("Health", "Serving"), "503": _json("Health", "Nothing to serve, and why")},
             }
         },
     },
@@ -79,15 +138,28 @@ SPEC = {
                         "type": "string",
                         "description": "a run name from GET /api/model; default: the default run",
                     },
-                    "saliency": {"type": "boolean", "default": True},
+                    "fields": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": ["saliency", "layers", "neighbours"]},
+                        "description": "the optional parts of the answer; default: saliency alone",
+                    },
+                    "saliency": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "without `fields`: saliency or not",
+                    },
                 },
             },
-            "Prediction": {
-                "type": "object",
-                "properties": {
+            "Prediction": _object(
+                {
                     "label": {"type": ["integer", "null"], "minimum": 0, "maximum": 9},
-                    "probabilities": {"type": ["array", "null"], "items": {"type": "number"}},
-                    "confidence": {"type": ["number", "null"]},
+                    "probabilities": {
+                        "type": ["array", "null"],
+                        "items": {"type": "number"},
+                        "minItems": 10,
+                        "maxItems": 10,
+                    },
+                    "confidence": _NULLABLE_NUMBER,
                     "unsure": {"type": "boolean"},
                     "reason": {"type": ["string", "null"]},
                     "empty": {"type": "boolean"},
@@ -96,13 +168,122 @@ SPEC = {
                     "model_ms": {"type": "number"},
                     "run": {"type": "string"},
                     "step": {"type": "integer"},
+                    "layers": {"type": "array", "items": {"$ref": "#/components/schemas/LayerValues"}},
+                    "neighbours": {"type": "array", "items": {"$ref": "#/components/schemas/Neighbour"}},
+                },
+                optional=("layers", "neighbours"),
+            ),
+            "LayerValues": _object(
+                {
+                    "name": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["maps", "units"]},
+                    **_LEVELS,
+                }
+            ),
+            "Neighbour": _object(
+                {
+                    "index": {"type": "integer", "description": "place in the TFDS mnist train split"},
+                    "label": {"type": "integer", "minimum": 0, "maximum": 9},
+                    "distance": {"type": "number", "description": "Euclidean, in the model's embedding"},
+                    "pixels": {
+                        "type": "string",
+                        "contentEncoding": "base64",
+                        "description": "its 28x28 uint8 grey levels, row by row (255 = ink)",
+                    },
+                }
+            ),
+            "Kernel": _object({"run": {"type": "string"}, "layer": {"type": "string"}, **_LEVELS}),
+            "Layer": _object(
+                {
+                    "name": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["maps", "units"]},
+                    "shape": {"type": "array", "items": {"type": "integer"}},
+                    "has_kernel": {"type": "boolean"},
+                }
+            ),
+            "Run": _object(
+                {
+                    "name": {"type": "string"},
+                    "step": {"type": "integer"},
+                    "model": {"type": "string"},
+                    "test_accuracy": _NULLABLE_NUMBER,
+                    "trained_on": {"type": ["string", "null"]},
+                    "notes": {"type": "array", "items": {"type": "string"}},
+                    "layers": {"type": "array", "items": {"$ref": "#/components/schemas/Layer"}},
+                    "neighbours": {"type": "boolean"},
+                    "neighbours_problem": {"type": ["string", "null"]},
+                }
+            ),
+            "Runs": _object(
+                {
+                    "default": {"type": ["string", "null"]},
+                    "runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}},
+                    "problem": {"type": ["string", "null"]},
+                }
+            ),
+            "Report": {
+                "type": "object",
+                "description": "report/report.json of `python -m digitjax.evaluate`, less its mistakes",
+                "required": ["step", "test_accuracy", "test_errors", "per_class_accuracy", "confusion_matrix"],
+                "properties": {
+                    "step": {"type": "integer"},
+                    "test_accuracy": {"type": "number"},
+                    "test_errors": {"type": "integer"},
+                    "per_class_accuracy": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "confusion_matrix": {
+                        "type": "array",
+                        "items": {"type": "array", "items": {"type": "integer"}, "minItems": 10, "maxItems": 10},
+                        "minItems": 10,
+                        "maxItems": 10,
+                    },
                 },
             },
-            "Error": {
-                "type": "object",
-                "required": ["error", "status"],
-                "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
-            },
+            "Mistake": _object(
+                {
+                    "index": {"type": "integer", "description": "place in the TFDS mnist test split"},
+                    "label": {"type": "integer"},
+                    "predicted": {"type": "integer"},
+                    "confidence": {"type": "number"},
+                    "image": {"type": ["string", "null"], "pattern": "^data:image/png;base64,"},
+                }
+            ),
+            "RunReport": _object(
+                {
+                    "run": {"$ref": "#/components/schemas/Run"},
+                    "curves": {"type": "array", "items": _CURVE_POINT},
+                    "report": {"oneOf": [{"$ref": "#/components/schemas/Report"}, {"type": "null"}]},
+                    "report_status": {"type": "string", "enum": ["ready", "making", "failed"]},
+                    "report_problem": {"type": ["string", "null"]},
+                    "mistakes": {
+                        "oneOf": [
+                            {"type": "array", "items": {"$ref": "#/components/schemas/Mistake"}},
+                            {"type": "null"},
+                        ]
+                    },
+                }
+            ),
+            "TestDigit": _object(
+                {
+                    "index": {"type": "integer"},
+                    "label": {"type": "integer", "minimum": 0, "maximum": 9},
+                    "pixels": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                        "minItems": 784,
+                        "maxItems": 784,
+                    },
+                }
+            ),
+            "Health": _object(
+                {
+                    "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                    "run": {"type": "string"},
+                    "runs": {"type": "integer"},
+                    "error": {"type": "string"},
+                },
+                optional=("run", "runs", "error"),
+            ),
+            "Error": _object({"error": {"type": "string"}, "status": {"type": "integer"}}),
         }
     },
 }

@@ -1,11 +1,12 @@
-"""The served runs: each restored with `load_for_inference` and its predict function compiled."""
+"""The served runs: each restored with `load_for_inference`, its layers described, its training
+set embedded for the nearest digits, and its predict function compiled."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -13,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from digitjax import checkpoint, onednn
+from digitjax import checkpoint, data, layers, onednn
 from digitjax import model as model_lib
+from digitjax import neighbours as neighbours_lib
 from digitjax.errors import UserError
 
 HOW_TO_TRAIN = (
@@ -23,32 +25,65 @@ HOW_TO_TRAIN = (
 )
 
 
-def make_predict(model: nnx.Module) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """uint8 images_Bx28x28 -> (probabilities_BxC, saliency_Bx28x28 in [0, 1]).
+FIELDS = ("saliency", "layers", "neighbours")  # the optional parts of an answer a request can ask for
+# Compiled when a run is loaded, so a request with these fields never waits for XLA: plain
+# clients, the API's default (saliency), and the page's live loop.
+WARM_FIELDS = ((), ("saliency",), FIELDS)
 
-    Pure (the model's state is an argument), so concurrent requests cannot interfere.
+
+def quantize(value_BxD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per example: uint8 levels, and the low and high value that levels 0 and 255 stand for."""
+    low_B = value_BxD.min(-1)
+    high_B = jnp.maximum(value_BxD.max(-1), low_B + 1e-6)
+    levels_BxD = jnp.round((value_BxD - low_B[:, None]) / (high_B - low_B)[:, None] * 255).astype(jnp.uint8)
+    return levels_BxD, low_B, high_B
+
+
+class Predictor:
+    """A run's jitted predict function: uint8 images_Bx28x28 -> probabilities and the parts asked for.
+
+    Pure (the model's state and the index are arguments), so concurrent requests cannot interfere;
+    one compiled variant per set of fields.
     """
-    graphdef, state = nnx.split(model)
 
-    @jax.jit
-    def predict(state, images_BxHxW):
+    def __init__(self, model: nnx.Module, index: neighbours_lib.Index | None, k: int):
+        self.graphdef, self.state = nnx.split(model)
+        self.index, self.k = index, k
+        self._jitted = jax.jit(self._predict, static_argnames="fields")
+
+    def _predict(self, state, index_arrays, images_BxHxW, fields: tuple[str, ...]) -> dict:
         x_BxHxWx1 = model_lib.to_input(images_BxHxW)
-        logits_BxC = nnx.merge(graphdef, state)(x_BxHxWx1)
-        top_B = jnp.argmax(logits_BxC, -1)
+        logits_BxC, recorded = layers.record(nnx.merge(self.graphdef, state), x_BxHxWx1)
+        out = {"probabilities": jax.nn.softmax(logits_BxC)}
+        if "saliency" in fields:
+            top_B = jnp.argmax(logits_BxC, -1)
 
-        def top_logit(x):
-            return jnp.take_along_axis(nnx.merge(graphdef, state)(x), top_B[:, None], 1).sum()
+            def top_logit(x):
+                return jnp.take_along_axis(nnx.merge(self.graphdef, state)(x), top_B[:, None], 1).sum()
 
-        # Input gradient of the winning logit: the pixels whose change would move the answer most.
-        grad_BxHxW = jnp.abs(jax.grad(top_logit)(x_BxHxWx1))[..., 0]
-        saliency = grad_BxHxW / jnp.maximum(grad_BxHxW.max(axis=(1, 2), keepdims=True), 1e-12)
-        return jax.nn.softmax(logits_BxC), saliency
+            # Input gradient of the winning logit: the pixels whose change would move the answer most.
+            grad_BxHxW = jnp.abs(jax.grad(top_logit)(x_BxHxWx1))[..., 0]
+            out["saliency"] = grad_BxHxW / jnp.maximum(grad_BxHxW.max(axis=(1, 2), keepdims=True), 1e-12)
+        if "layers" in fields:
+            # One array of levels and one of ranges for all layers: each output is a copy to the host.
+            quantized = [quantize(value.reshape(value.shape[0], -1)) for _, value, _ in recorded]
+            out["levels"] = jnp.concatenate([levels for levels, _, _ in quantized], -1)
+            out["ranges"] = jnp.stack([jnp.stack([low, high], -1) for _, low, high in quantized], 1)
+        if "neighbours" in fields:
+            embeddings_NxD, sq_norms_N = index_arrays
+            query_BxD = layers.embedding(recorded)
+            out["neighbours"] = neighbours_lib.nearest(query_BxD, embeddings_NxD, sq_norms_N, self.k)
+        return out
 
-    def run(images_BxHxW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, saliency = predict(state, images_BxHxW)
-        return np.asarray(probs), np.asarray(saliency)
-
-    return run
+    def __call__(self, images_BxHxW: np.ndarray, fields: tuple[str, ...] = ()) -> dict:
+        """probabilities BxC, and as asked: saliency BxHxW, levels BxD (uint8, every layer's values
+        flattened one after another) with ranges BxLx2 (each layer's low and high), neighbours
+        (indices BxK, distances BxK)."""
+        if "neighbours" in fields and self.index is None:
+            raise ValueError("this run has no neighbour index")
+        index_arrays = (self.index.embeddings_NxD, self.index.sq_norms_N) if "neighbours" in fields else None
+        out = self._jitted(self.state, index_arrays, images_BxHxW, fields=tuple(sorted(fields)))
+        return jax.tree.map(np.asarray, out)
 
 
 @dataclasses.dataclass
@@ -59,7 +94,9 @@ class Run:
     model_name: str
     test_accuracy: float | None
     trained_on: str | None
-    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    predict: Predictor
+    layers: list[layers.Layer]
+    neighbours_problem: str | None  # why the nearest training digits cannot be shown, if they cannot
     notes: list[str] = dataclasses.field(default_factory=list)  # damaged checkpoints passed over
 
     def describe(self) -> dict:
@@ -70,16 +107,30 @@ class Run:
             "test_accuracy": self.test_accuracy,
             "trained_on": self.trained_on,
             "notes": self.notes,
+            "layers": [layer.describe() for layer in self.layers],
+            "neighbours": self.neighbours_problem is None,
+            "neighbours_problem": self.neighbours_problem,
         }
 
-    def timed_predict(self, image_28x28: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def timed_predict(self, image_28x28: np.ndarray, fields: tuple[str, ...]) -> tuple[dict, float]:
         start = time.perf_counter()
-        probs, saliency = self.predict(image_28x28[None])
-        return probs[0], saliency[0], (time.perf_counter() - start) * 1000
+        out = self.predict(image_28x28[None], fields)
+        return jax.tree.map(lambda a: a[0], out), (time.perf_counter() - start) * 1000
 
 
-def _restore(name: str, workdir: Path) -> Run:
+def _restore(name: str, workdir: Path, mnist: Mnist, k: int) -> Run:
     restored = checkpoint.load_for_inference(workdir)
+    shown = layers.describe(restored.model)
+    index, problem = None, None
+    if not shown:
+        problem = "the model marks no layers (digitjax/layers.py), so it has no embedding to search in"
+    elif not k:
+        problem = "turned off (NEIGHBOURS = 0)"
+    elif (train := mnist.split("train")) is None:
+        problem = mnist.problem
+    else:
+        cache = workdir / "embeddings" / str(restored.step)  # beside the checkpoint it was computed with
+        index = neighbours_lib.build(restored.model, train.images_NxHxW, train.labels_N, cache)
     run = Run(
         name=name,
         workdir=workdir,
@@ -87,13 +138,39 @@ def _restore(name: str, workdir: Path) -> Run:
         model_name=restored.config.model,
         test_accuracy=restored.meta.get("test_accuracy"),
         trained_on=restored.meta.get("device_kind"),
-        predict=make_predict(restored.model),
+        predict=Predictor(restored.model, index, k),
+        layers=shown,
+        neighbours_problem=problem,
         notes=restored.notes,
     )
     for note in restored.notes:
         logging.getLogger("webui").warning(note)
-    run.predict(np.zeros((1, 28, 28), np.uint8))  # compile now: requests only ever send one image
+    for fields in WARM_FIELDS:  # compile now: requests only ever send one image
+        if "neighbours" not in fields or index is not None:
+            run.predict(np.zeros((1, 28, 28), np.uint8), fields)
     return run
+
+
+class Mnist:
+    """MNIST's splits for the app (training digits for neighbours, test digits for run pages),
+    each loaded when first needed; `problem` says why one could not be."""
+
+    def __init__(self, data_dir: str | None, mnist_dir: str | None):
+        self.data_dir, self.mnist_dir = data_dir, mnist_dir
+        self.problem: str | None = None
+        self._splits: dict[str, data.Split | None] = {}
+        self._lock = threading.Lock()
+
+    def split(self, name: str) -> data.Split | None:
+        with self._lock:  # two requests wanting the test split load it once
+            if name not in self._splits:
+                try:
+                    self._splits[name] = data.load(name, self.data_dir, self.mnist_dir)
+                except UserError as e:
+                    self.problem = f"MNIST could not be loaded: {e}"
+                    logging.getLogger("webui").warning(self.problem)
+                    self._splits[name] = None
+            return self._splits[name]
 
 
 @dataclasses.dataclass
@@ -103,14 +180,14 @@ class Runs:
     problem: str | None  # why nothing can be served, for the page, the API and the log
 
     @classmethod
-    def load(cls, checkpoints_dir: str | Path, workdir: str | Path | None) -> Runs:
+    def load(cls, checkpoints_dir: str | Path, workdir: str | Path | None, mnist: Mnist, k: int) -> Runs:
         onednn.prepare()  # conv=auto may use it: built before anything is traced
         root = Path(checkpoints_dir)
         found = {p.name: p for p in sorted(root.iterdir()) if (p / "checkpoints").is_dir()} if root.is_dir() else {}
         runs: dict[str, Run] = {}
         for name, path in found.items():
             try:
-                runs[name] = _restore(name, path)
+                runs[name] = _restore(name, path, mnist, k)
             except UserError as e:  # no finished checkpoint yet, or every one damaged: not offered
                 logging.getLogger("webui").warning("%s is not served: %s", name, e)
         default = None
@@ -120,7 +197,7 @@ class Runs:
             if name in runs and runs[name].workdir.resolve() != path.resolve():
                 name = str(path)  # a run of that name under checkpoints/ is another one
             try:
-                runs[name] = runs.get(name) or _restore(name, path)
+                runs[name] = runs.get(name) or _restore(name, path, mnist, k)
             except UserError as e:
                 return cls(runs, None, f"DIGITJAX_WORKDIR={workdir} cannot be served: {e}")
             default = name

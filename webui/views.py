@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
 from flask import Blueprint, current_app, jsonify, render_template, request
+from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from digitjax import preprocess
-from webui import openapi
+from webui import openapi, reports, serving
 from webui.inputs import BadInput, image_from_request
-from webui.serving import Runs
+from webui.serving import Run, Runs
 
 bp = Blueprint("ui", __name__)
 
@@ -92,36 +96,82 @@ def openapi_spec():
     return jsonify(openapi.SPEC)
 
 
-@bp.post("/api/predict")
-def predict():
+def _run(name: str | None) -> Run:
     runs = _runs()
     if runs.problem:
-        return _error(runs.problem, 503)
-    image, options = image_from_request(request, current_app.config["MAX_IMAGE_PIXELS"])
-    name = options.get("run") or runs.default
+        raise BadInput(runs.problem, 503)
+    name = name or runs.default
     if not isinstance(name, str) or name not in runs.runs:
         raise BadInput(f"Unknown run {name!r}; GET /api/model lists the runs served here.", 404)
-    want_saliency = options.get("saliency", True) not in (False, "false", "0")
-    run = runs.runs[name]
+    return runs.runs[name]
+
+
+def _fields(options: dict) -> tuple[str, ...]:
+    """The optional parts asked for: `fields` (a list, or comma-separated in a form), else the
+    older `saliency` flag alone (default on)."""
+    if "fields" not in options:
+        return ("saliency",) if options.get("saliency", True) not in (False, "false", "0") else ()
+    fields = options["fields"]
+    if isinstance(fields, str):
+        fields = [f for f in fields.split(",") if f]
+    if not isinstance(fields, list) or not all(isinstance(f, str) and f in serving.FIELDS for f in fields):
+        raise BadInput(f"`fields` must be a list of any of {list(serving.FIELDS)}; got {fields!r}.")
+    return tuple(dict.fromkeys(fields))
+
+
+def _levels(levels: np.ndarray, low: float, high: float, shape: tuple[int, ...]) -> dict:
+    return {"shape": list(shape), "low": float(low), "high": float(high), "levels": base64.b64encode(levels).decode()}
+
+
+def _png(image_HxW: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image_HxW, np.uint8)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _insight(run: Run, out: dict) -> dict:
+    """The layers and neighbours of an answer, as the API sends them."""
+    result = {}
+    if "levels" in out:
+        sizes = [int(np.prod(layer.shape)) for layer in run.layers]
+        chunks = np.split(out["levels"], np.cumsum(sizes)[:-1])
+        result["layers"] = [
+            {"name": layer.name, "kind": layer.kind, **_levels(levels, low, high, layer.shape)}
+            for layer, levels, (low, high) in zip(run.layers, chunks, out["ranges"])
+        ]
+    if "neighbours" in out:
+        index, (indices_K, distances_K) = run.predict.index, out["neighbours"]
+        result["neighbours"] = [
+            {
+                "index": int(i),
+                "label": int(index.labels_N[i]),
+                "distance": round(float(d), 4),
+                "pixels": base64.b64encode(index.images_NxHxW[i]).decode(),
+            }
+            for i, d in zip(indices_K, distances_K)
+        ]
+    return result
+
+
+@bp.post("/api/predict")
+def predict():
+    image, options = image_from_request(request, current_app.config["MAX_IMAGE_PIXELS"])
+    run, fields = _run(options.get("run")), _fields(options)
+    if "neighbours" in fields and run.neighbours_problem:
+        raise BadInput(f"Run {run.name} cannot show its nearest training digits: {run.neighbours_problem}.", 409)
+    normalise = options.get("normalise", True)
+    if normalise not in (True, False) or (normalise is False and not isinstance(image, np.ndarray)):
+        raise BadInput("`normalise` must be true or false, and false only with `pixels` (already MNIST-like).")
     try:
-        prepared = preprocess.to_mnist(image)
+        prepared = preprocess.to_mnist(image) if normalise else preprocess.as_is(image)
     except ValueError as e:
         raise BadInput(f"The image cannot be used: {e}.")
     result = {"run": run.name, "step": run.step, "empty": prepared.empty, "input": prepared.image_28x28.tolist()}
+    nothing = {"label": None, "probabilities": None, "confidence": None, "saliency": None, "model_ms": 0.0}
     if prepared.empty:
-        return jsonify(
-            result
-            | {
-                "label": None,
-                "probabilities": None,
-                "confidence": None,
-                "unsure": True,
-                "reason": "nothing drawn",
-                "saliency": None,
-                "model_ms": 0.0,
-            }
-        )
-    probs_C, saliency_HxW, model_ms = run.timed_predict(prepared.image_28x28)
+        return jsonify(result | nothing | {"unsure": True, "reason": "nothing drawn"})
+    out, model_ms = run.timed_predict(prepared.image_28x28, fields)
+    probs_C = out["probabilities"]
     confidence = float(probs_C.max())
     reason = None
     if not prepared.digit_like:
@@ -136,7 +186,61 @@ def predict():
             "confidence": round(confidence, 5),
             "unsure": reason is not None,
             "reason": reason,
-            "saliency": np.round(saliency_HxW, 3).tolist() if want_saliency else None,
+            "saliency": np.round(out["saliency"], 3).tolist() if "saliency" in out else None,
             "model_ms": round(model_ms, 3),
         }
+        | _insight(run, out)
     )
+
+
+@bp.get("/api/runs/<name>/layers/<layer>/kernel")
+def kernel(name: str, layer: str):
+    run = _run(name)
+    found = next((s for s in run.layers if s.name == layer), None)
+    if found is None or found.kernel_HWIO is None:
+        raise BadInput(f"Run {name} has no layer {layer!r} made by a kernel; GET /api/model lists its layers.", 404)
+    k = found.kernel_HWIO
+    levels, low, high = (np.asarray(a[0]) for a in serving.quantize(k.reshape(1, -1)))
+    return jsonify({"run": run.name, "layer": layer, **_levels(levels, low, high, k.shape)})
+
+
+@bp.get("/api/runs/<name>")
+def run_info(name: str):
+    run = _run(name)
+    report, status, problem = current_app.extensions["digitjax.reports"].get(run)
+    mistakes = None
+    if report is not None:
+        test = current_app.extensions["digitjax.mnist"].split("test")
+        shown = report["mistakes"][: current_app.config["MISTAKES_SHOWN"]]
+        mistakes = [m | {"image": _png(test.images_NxHxW[m["index"]]) if test else None} for m in shown]
+        report = {k: v for k, v in report.items() if k != "mistakes"}
+    return jsonify(
+        run=run.describe(),
+        curves=reports.curves(run),
+        report=report,
+        report_status=status,
+        report_problem=problem,
+        mistakes=mistakes,
+    )
+
+
+@bp.get("/api/digits/test/<int:index>")
+def test_digit(index: int):
+    """One MNIST test digit as the model reads it, for loading a run's mistake into the canvas."""
+    test = current_app.extensions["digitjax.mnist"].split("test")
+    if test is None:
+        raise BadInput(current_app.extensions["digitjax.mnist"].problem, 503)
+    if not 0 <= index < len(test.labels_N):
+        raise BadInput(f"The test split has digits 0 to {len(test.labels_N) - 1}; there is no {index}.", 404)
+    return jsonify(index=index, label=int(test.labels_N[index]), pixels=test.images_NxHxW[index].ravel().tolist())
+
+
+@bp.get("/runs/<name>")
+@bp.get("/runs/<name>/vs/<other>")
+def run_page(name: str, other: str | None = None):
+    names = [n for n in (name, other) if n]
+    runs = _runs()
+    unknown = [n for n in names if n not in runs.runs]
+    if unknown:
+        return render_template("runs.html", names=[], unknown=unknown, served=sorted(runs.runs)), 404
+    return render_template("runs.html", names=names, unknown=[], served=sorted(runs.runs))

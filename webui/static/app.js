@@ -1,4 +1,5 @@
-// The drawing page: strokes on a canvas -> /api/predict -> bars, label, and what the model saw.
+// The drawing page: strokes on a canvas -> /api/predict -> bars, label, what the model saw, its
+// layers and the training digits nearest to the drawing; all from one request per update.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -12,6 +13,11 @@ let inFlight = false;
 let pending = false;
 let lastSent = 0;
 let lastResult = null;
+let background = null; // a test digit loaded from a run page (?run=NAME&test=INDEX), drawn under the strokes
+let backgroundPixels = null; // its exact 28x28 pixels: sent as they are while nothing is drawn over them
+let pointerTime = null; // when the pointer move that the request in flight answers happened
+let sentAt = 0; // when that request was sent, and its answer read: the parts of the live loop
+let receivedAt = 0;
 const LIVE_MS = 150; // at most one live prediction per this many ms while drawing
 
 // MNIST's strokes are ~2.5 px of a 20 px digit: about an eighth of the digit's height.
@@ -39,6 +45,10 @@ function drawStroke(points) {
 function redraw() {
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, pad.width, pad.height);
+  if (background) {
+    ctx.imageSmoothingEnabled = true;
+    ctx.drawImage(background, 0, 0, pad.width, pad.height);
+  }
   ctx.strokeStyle = "#000";
   strokes.forEach(drawStroke);
 }
@@ -57,7 +67,10 @@ pad.addEventListener("pointermove", (event) => {
   const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
   for (const e of events.length ? events : [event]) current.push(position(e));
   redraw();
-  if (performance.now() - lastSent > LIVE_MS) predict();
+  if (performance.now() - lastSent > LIVE_MS) {
+    if (!inFlight) pointerTime = event.timeStamp;
+    predict();
+  }
 });
 
 function endStroke(event) {
@@ -71,6 +84,7 @@ pad.addEventListener("pointercancel", endStroke);
 
 document.getElementById("clear").addEventListener("click", () => {
   strokes.length = 0;
+  background = backgroundPixels = null;
   redraw();
   showEmpty();
 });
@@ -78,7 +92,7 @@ document.getElementById("clear").addEventListener("click", () => {
 document.getElementById("undo").addEventListener("click", () => {
   strokes.pop();
   redraw();
-  if (strokes.length) predict(); else showEmpty();
+  if (strokes.length || background) predict(); else showEmpty();
 });
 
 document.getElementById("file").addEventListener("change", async (event) => {
@@ -87,18 +101,26 @@ document.getElementById("file").addEventListener("change", async (event) => {
   const form = new FormData();
   form.append("image", file);
   form.append("run", runSelect.value);
+  form.append("fields", wantedFields().join(","));
   event.target.value = "";
   await send(fetch("api/predict", { method: "POST", body: form }));
 });
 
 document.getElementById("show-saliency").addEventListener("change", () => lastResult && showSeen(lastResult));
-runSelect.addEventListener("change", () => { showRunInfo(); if (strokes.length) predict(); });
+runSelect.addEventListener("change", () => { showRunInfo(); if (strokes.length || background) predict(); });
+
+function wantedFields() {
+  const run = runs.find((r) => r.name === runSelect.value);
+  return ["saliency", "layers", ...(run && run.neighbours ? ["neighbours"] : [])];
+}
 
 async function predict() {
-  if (!strokes.length) return showEmpty();
+  if (!strokes.length && !background) return showEmpty();
   if (inFlight) { pending = true; return; } // one request at a time; the latest drawing goes next
   lastSent = performance.now();
-  const body = JSON.stringify({ image: pad.toDataURL("image/png"), run: runSelect.value });
+  const input = strokes.length || !backgroundPixels ? { image: pad.toDataURL("image/png") } : { pixels: backgroundPixels, normalise: false };
+  const body = JSON.stringify({ ...input, run: runSelect.value, fields: wantedFields() });
+  sentAt = performance.now();
   await send(fetch("api/predict", { method: "POST", headers: { "Content-Type": "application/json" }, body }));
 }
 
@@ -107,6 +129,7 @@ async function send(request) {
   try {
     const response = await request;
     const result = await response.json();
+    receivedAt = performance.now();
     if (!response.ok) showError(result.error || response.statusText);
     else show(result);
   } catch (error) {
@@ -142,6 +165,22 @@ function show(result) {
     li.classList.toggle("top", digit === result.label);
   });
   showSeen(result);
+  // The layers and neighbours after the frame that shows the answer: the bars come first.
+  const insight = () => { showLayers(result); showNeighbours(result); };
+  requestAnimationFrame(() => setTimeout(insight));
+  if (pointerTime !== null) {
+    // The live loop a person feels: from the pointer move to the frame that shows its answer.
+    const start = pointerTime;
+    pointerTime = null;
+    const [sent, received] = [sentAt, receivedAt];
+    requestAnimationFrame(() => {
+      const end = performance.now();
+      performance.measure("pointer-to-bars", { start, end });
+      performance.measure("encode", { start, end: sent }); // the canvas to a PNG, the request body
+      performance.measure("request", { start: sent, end: received }); // the server, and the answer parsed
+      performance.measure("render", { start: received, end }); // bars, layers and neighbours on screen
+    });
+  }
   document.getElementById("timing").textContent = `model: ${result.model_ms.toFixed(1)} ms (${result.run}, step ${result.step})`;
 }
 
@@ -157,6 +196,9 @@ function showEmpty(result) {
     li.classList.remove("top");
   }
   seenCtx.clearRect(0, 0, seen.width, seen.height);
+  layersBox.replaceChildren();
+  neighboursList.replaceChildren();
+  document.getElementById("detail").hidden = true;
   lastResult = result || null;
 }
 
@@ -190,6 +232,8 @@ function showRunInfo() {
   const run = runs.find((r) => r.name === runSelect.value);
   const accuracy = run && run.test_accuracy != null ? `, test accuracy ${(100 * run.test_accuracy).toFixed(2)}%` : "";
   document.getElementById("run-info").textContent = run ? `${run.model}, step ${run.step}${accuracy}` : "";
+  document.getElementById("run-page").href = run ? `runs/${encodeURIComponent(run.name)}` : "#";
+  document.getElementById("neighbours-note").textContent = run && !run.neighbours ? `not shown: ${run.neighbours_problem}` : "";
 }
 
 async function loadRuns() {
@@ -201,8 +245,230 @@ async function loadRuns() {
     option.selected = run.name === info.default;
     runSelect.appendChild(option);
   }
+  const wanted = new URLSearchParams(location.search).get("run");
+  if (wanted && runs.some((r) => r.name === wanted)) runSelect.value = wanted;
   showRunInfo();
 }
 
+// A test digit from a run page: its exact pixels go to the model, its picture under the strokes.
+async function loadTestDigit() {
+  const index = new URLSearchParams(location.search).get("test");
+  if (index === null) return;
+  const response = await fetch(`api/digits/test/${encodeURIComponent(index)}`);
+  const digit = await response.json();
+  if (!response.ok) return showError(digit.error);
+  backgroundPixels = digit.pixels;
+  const image = new ImageData(28, 28);
+  digit.pixels.forEach((v, i) => { image.data.set([255 - v, 255 - v, 255 - v, 255], 4 * i); });
+  background = document.createElement("canvas");
+  background.width = background.height = 28;
+  background.getContext("2d").putImageData(image, 0, 0);
+  document.getElementById("run-info").textContent += ` — test digit #${digit.index}, labelled ${digit.label}`;
+  redraw();
+  predict();
+}
+
 redraw();
-loadRuns();
+loadRuns().then(loadTestDigit);
+
+// ---- Every layer: feature maps as tiles of one canvas per layer, dense units as bars ----
+
+const layersBox = document.getElementById("layers");
+const neighboursList = document.getElementById("neighbours");
+const TILE_COLUMNS = 16;
+
+function decode(base64) {
+  return Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+}
+
+// Where tile c of a layer of HxW maps sits on its canvas (1 px between tiles).
+function tileOrigin(c, h, w) {
+  return [(c % TILE_COLUMNS) * (w + 1), Math.floor(c / TILE_COLUMNS) * (h + 1)];
+}
+
+function layerRow(layer) {
+  let row = layersBox.querySelector(`[data-layer="${CSS.escape(layer.name)}"]`);
+  if (row) return row;
+  row = document.createElement("div");
+  row.className = "layer";
+  row.dataset.layer = layer.name;
+  const caption = document.createElement("p");
+  caption.className = "layer-caption";
+  row.appendChild(caption);
+  if (layer.kind === "maps") {
+    const [h, w, c] = layer.shape;
+    const canvas = document.createElement("canvas");
+    canvas.className = "maps";
+    const columns = Math.min(c, TILE_COLUMNS);
+    canvas.width = columns * (w + 1) - 1;
+    canvas.height = Math.ceil(c / TILE_COLUMNS) * (h + 1) - 1;
+    canvas.style.width = `${Math.min(canvas.width * 3, 16 * 30)}px`; // CSSOM: allowed by the CSP
+    canvas.tabIndex = 0;
+    canvas.setAttribute("aria-label", `${layer.name}: ${c} feature maps`);
+    const pick = (event) => {
+      const box = canvas.getBoundingClientRect();
+      const x = Math.floor((event.clientX - box.left) * canvas.width / box.width / (w + 1));
+      const y = Math.floor((event.clientY - box.top) * canvas.height / box.height / (h + 1));
+      const channel = y * TILE_COLUMNS + x;
+      if (x < columns && channel < c) showDetail(layer.name, channel);
+    };
+    canvas.addEventListener("mousemove", pick);
+    canvas.addEventListener("click", pick);
+    canvas.addEventListener("keydown", (event) => { if (event.key === "Enter") showDetail(layer.name, 0); });
+    row.appendChild(canvas);
+  } else {
+    const list = document.createElement("ol");
+    list.className = "units";
+    row.appendChild(list);
+  }
+  layersBox.appendChild(row);
+  return row;
+}
+
+function showLayers(result) {
+  if (!result.layers) return;
+  const names = new Set(result.layers.map((l) => l.name));
+  for (const row of [...layersBox.children]) if (!names.has(row.dataset.layer)) row.remove(); // another run's
+  for (const layer of result.layers) {
+    const row = layerRow(layer);
+    const levels = decode(layer.levels);
+    const range = `${layer.low.toFixed(2)} … ${layer.high.toFixed(2)}`;
+    if (layer.kind === "maps") {
+      const [h, w, c] = layer.shape;
+      row.querySelector(".layer-caption").textContent = `${layer.name}: ${c} maps of ${h}×${w} (black ${range} white)`;
+      const canvas = row.querySelector("canvas");
+      const image = new ImageData(canvas.width, canvas.height);
+      for (let ch = 0; ch < c; ch++) {
+        const [x0, y0] = tileOrigin(ch, h, w);
+        for (let y = 0; y < h; y++) {
+          for (let x = 0; x < w; x++) {
+            const v = levels[(y * w + x) * c + ch];
+            image.data.set([v, v, v, 255], 4 * ((y0 + y) * canvas.width + x0 + x));
+          }
+        }
+      }
+      canvas.getContext("2d").putImageData(image, 0, 0);
+    } else {
+      showUnits(row, layer, levels, range);
+    }
+  }
+  if (detailShown) showDetail(...detailShown);
+}
+
+const STRONGEST = 12; // units of a dense layer shown, the most active first
+
+function showUnits(row, layer, levels, range) {
+  const value = (i) => layer.low + (levels[i] / 255) * (layer.high - layer.low);
+  const order = [...levels.keys()].sort((a, b) => levels[b] - levels[a]).slice(0, STRONGEST);
+  row.querySelector(".layer-caption").textContent = `${layer.name}: the ${STRONGEST} strongest of ${layer.shape[0]} units (${range})`;
+  const list = row.querySelector(".units");
+  list.replaceChildren(...order.map((i) => {
+    const li = document.createElement("li");
+    li.dataset.unit = i;
+    li.dataset.value = value(i).toFixed(4);
+    const name = document.createElement("span");
+    name.textContent = `#${i}`;
+    const bar = document.createElement("span");
+    bar.className = "unit-bar";
+    bar.style.width = `${(100 * levels[i]) / 255}%`;
+    const track = document.createElement("span");
+    track.className = "unit-track";
+    track.appendChild(bar);
+    const text = document.createElement("span");
+    text.textContent = value(i).toFixed(2);
+    li.append(name, track, text);
+    return li;
+  }));
+}
+
+// ---- A feature map large, beside the kernel that made it ----
+
+const kernels = new Map(); // "run/layer" -> the kernel as the API sends it
+let detailShown = null;
+
+async function showDetail(name, channel) {
+  if (!lastResult || !lastResult.layers) return;
+  const index = lastResult.layers.findIndex((l) => l.name === name);
+  const layer = lastResult.layers[index];
+  detailShown = [name, channel];
+  const figure = document.getElementById("detail");
+  figure.hidden = false;
+  const [h, w, c] = layer.shape;
+  document.getElementById("detail-title").textContent = `${name}, map ${channel} of ${c}`;
+  const levels = decode(layer.levels);
+  const map = new ImageData(w, h);
+  for (let i = 0; i < h * w; i++) { const v = levels[i * c + channel]; map.data.set([v, v, v, 255], 4 * i); }
+  drawScaled(document.getElementById("detail-map"), map);
+  const note = document.getElementById("detail-kernel-note");
+  const info = runs.find((r) => r.name === lastResult.run).layers[index];
+  const kernelCanvas = document.getElementById("detail-kernel");
+  if (!info.has_kernel) {
+    kernelCanvas.getContext("2d").clearRect(0, 0, kernelCanvas.width, kernelCanvas.height);
+    const before = index > 0 ? lastResult.layers[index - 1].name : "the input";
+    note.textContent = `no kernel: map ${channel} of ${before}, pooled`;
+    return;
+  }
+  const key = `${lastResult.run}/${name}`;
+  if (!kernels.has(key)) {
+    const response = await fetch(`api/runs/${encodeURIComponent(lastResult.run)}/layers/${encodeURIComponent(name)}/kernel`);
+    kernels.set(key, await response.json());
+  }
+  drawKernel(kernelCanvas, kernels.get(key), channel);
+  note.textContent = `its kernel: ${kernels.get(key).shape.slice(0, 3).join("×")} weights (red +, blue −)`;
+}
+
+function drawScaled(canvas, image) {
+  const tmp = document.createElement("canvas");
+  tmp.width = image.width;
+  tmp.height = image.height;
+  tmp.getContext("2d").putImageData(image, 0, 0);
+  const context = canvas.getContext("2d");
+  context.imageSmoothingEnabled = false;
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(tmp, 0, 0, canvas.width, canvas.height);
+}
+
+// The kernel of one output channel: one kh x kw tile per input channel, weights in red and blue.
+function drawKernel(canvas, kernel, out) {
+  const [kh, kw, cin, cout] = kernel.shape;
+  const levels = decode(kernel.levels);
+  const columns = Math.ceil(Math.sqrt(cin));
+  const rows = Math.ceil(cin / columns);
+  const image = new ImageData(columns * (kw + 1) - 1, rows * (kh + 1) - 1);
+  const extent = Math.max(Math.abs(kernel.low), Math.abs(kernel.high)) || 1;
+  for (let ci = 0; ci < cin; ci++) {
+    const x0 = (ci % columns) * (kw + 1);
+    const y0 = Math.floor(ci / columns) * (kh + 1);
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        const level = levels[((i * kw + j) * cin + ci) * cout + out];
+        const v = (kernel.low + (level / 255) * (kernel.high - kernel.low)) / extent;
+        const p = 4 * ((y0 + i) * image.width + x0 + j);
+        image.data.set(v >= 0 ? [255, 255 * (1 - v), 255 * (1 - v), 255] : [255 * (1 + v), 255 * (1 + v), 255, 255], p);
+      }
+    }
+  }
+  drawScaled(canvas, image);
+}
+
+// ---- The nearest training digits ----
+
+function showNeighbours(result) {
+  if (!result.neighbours) return neighboursList.replaceChildren();
+  neighboursList.replaceChildren(...result.neighbours.map((n) => {
+    const li = document.createElement("li");
+    li.dataset.label = n.label;
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = 28;
+    const image = new ImageData(28, 28);
+    decode(n.pixels).forEach((v, i) => image.data.set([v, v, v, 255], 4 * i));
+    canvas.getContext("2d").putImageData(image, 0, 0);
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", `training digit #${n.index}, a ${n.label}`);
+    canvas.title = `#${n.index}, distance ${n.distance.toFixed(2)}`;
+    const label = document.createElement("span");
+    label.textContent = n.label;
+    li.append(canvas, label);
+    return li;
+  }));
+}
