@@ -1,4 +1,8 @@
-"""The model zoo: small Flax NNX CNNs for 28x28 digits, picked by name from a config."""
+"""The model zoo: small Flax NNX CNNs for 28x28 digits, picked by name from a config.
+
+Each model marks the layers the canvas shows with `layers.show` (digitjax/layers.py); the last
+one marked, the last hidden layer, is the embedding its nearest training digits are found in.
+"""
 
 from __future__ import annotations
 

@@ -49,14 +49,14 @@ def rss_mb(pid: int) -> float:
 def expected_answers(workdir: str, images_NxHxW: np.ndarray) -> tuple[list, list]:
     """What the server must answer for each image: its 28x28 input and its probabilities."""
     from digitjax import checkpoint, preprocess
-    from webui.serving import make_predict
+    from webui.serving import Predictor
 
-    predict = make_predict(checkpoint.load_for_inference(workdir).model)
+    predict = Predictor(checkpoint.load_for_inference(workdir).model, index=None, k=0)
     inputs, probabilities = [], []
     for image in images_NxHxW:
         prepared = preprocess.to_mnist(image.astype(np.float32))
         inputs.append(prepared.image_28x28.tolist())
-        probabilities.append(predict(prepared.image_28x28[None])[0][0])
+        probabilities.append(predict(prepared.image_28x28[None])["probabilities"][0])
     return inputs, probabilities
 
 

@@ -35,7 +35,7 @@ def measure(app, split, n: int, seed: int = 0) -> dict:
     """Accuracy of the app's default run on the first n digits: plain 28x28 vs canvas through the API."""
     run = app.extensions["digitjax"].runs[app.extensions["digitjax"].default]
     images, labels = split.images_NxHxW[:n], split.labels_N[:n]
-    plain = np.concatenate([run.predict(images[i : i + 1000])[0].argmax(-1) for i in range(0, n, 1000)])
+    plain = np.concatenate([run.predict(images[i : i + 1000])["probabilities"].argmax(-1) for i in range(0, n, 1000)])
     client, rng, api = app.test_client(), np.random.default_rng(seed), []
     for digit in tqdm(images, desc="POST /api/predict", leave=False, disable=n < 1000):
         buf = io.BytesIO()

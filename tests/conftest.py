@@ -1,7 +1,7 @@
 """Shared fixtures: synthetic digits as TFDS `mnist` for the fast tier, and the real MNIST files,
 prepared once per session into a temporary TFDS dir, for the tests marked slow.
 
-    python -m pytest -m "not slow"     # the fast tier: no MNIST, under two minutes on 2 cores
+    python -m pytest -m "not slow" -n 2   # the fast tier: no MNIST, under two minutes on 2 cores
     python -m pytest                   # everything (CI), MNIST from $DIGITJAX_MNIST_DIR
 """
 
@@ -19,6 +19,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ("--config", "experiments/smoke.py")
 MNIST_FIXTURES = {"mnist_dir", "tfds_dir", "test_split", "run_cli", "served_checkpoints", "start_training"}
 MNIST_FIXTURES |= {"uninterrupted"}
+
+
+def pytest_configure(config):
+    """Speed of the fast tier, not what it checks: its programs run once or a few times, so XLA's
+    compiling dominates, and without LLVM's optimizations (the same results, slower code) it
+    takes a third less time. Under pytest-xdist (-n 2) each worker runs XLA on one thread, so two
+    workers share two cores instead of contending for them."""
+    flags = []
+    if config.option.markexpr == "not slow":
+        flags.append("--xla_backend_optimization_level=0")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
+    if flags:  # read when JAX first makes its CPU backend: no test has run yet
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
 
 
 def pytest_collection_modifyitems(items):

@@ -422,3 +422,13 @@ def test_no_training_data_means_no_neighbours_said_plainly(synthetic_checkpoints
         "/api/predict", json={"pixels": digits(1, seed=1)[0][0].ravel().tolist(), "fields": ["layers"]}
     )
     assert layers_only.status_code == 200 and layers_only.json["layers"]
+
+
+@pytest.mark.slow
+def test_nearest_training_digits_mostly_share_the_answer(mnist_app, test_split):
+    """The sanity figure of experiments.neighbour_agreement, on the small served run."""
+    from experiments import neighbour_agreement
+
+    runs = mnist_app.extensions["digitjax"]
+    figures = neighbour_agreement.measure(runs.runs["tiny"], test_split, 300)
+    assert figures["k"] == 8 and figures["majority_is_answer"] > 0.9, figures

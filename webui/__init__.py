@@ -24,6 +24,7 @@ def create_app(config: dict | None = None) -> Flask:
         MAX_IMAGE_PIXELS=4096 * 4096,  # an upload larger than this is refused before decoding
         UNSURE_BELOW=0.7,  # a top probability under this is shown as unsure
         NEIGHBOURS=8,  # nearest training digits per answer; 0 skips embedding the training set at start-up
+        NEIGHBOURS_WAIT_S=15.0,  # start-up waits this long for the embedding, then serves without it until done
         DATA_DIR=os.environ.get("TFDS_DATA_DIR"),  # TFDS data dir of `mnist`: neighbours, test digits, reports
         MNIST_DIR=os.environ.get("DIGITJAX_MNIST_DIR"),  # local IDX files to prepare it from, where offline
         MISTAKES_SHOWN=96,  # test mistakes on a run page, the most confident first
@@ -31,7 +32,8 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(config or {})
     c = app.config
     mnist = serving.Mnist(c["DATA_DIR"], c["MNIST_DIR"])
-    app.extensions["digitjax"] = serving.Runs.load(c["CHECKPOINTS_DIR"], c["WORKDIR"], mnist, c["NEIGHBOURS"])
+    runs = serving.Runs.load(c["CHECKPOINTS_DIR"], c["WORKDIR"], mnist, c["NEIGHBOURS"], c["NEIGHBOURS_WAIT_S"])
+    app.extensions["digitjax"] = runs
     app.extensions["digitjax.mnist"] = mnist
     app.extensions["digitjax.reports"] = reports.Reports(c["DATA_DIR"], c["MNIST_DIR"])
     if app.extensions["digitjax"].problem:

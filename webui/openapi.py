@@ -212,6 +212,7 @@ SPEC = {
                     "layers": {"type": "array", "items": {"$ref": "#/components/schemas/Layer"}},
                     "neighbours": {"type": "boolean"},
                     "neighbours_problem": {"type": ["string", "null"]},
+                    "neighbours_pending": {"type": "boolean", "description": "the training set is being embedded"},
                 }
             ),
             "Runs": _object(

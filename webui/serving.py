@@ -110,6 +110,7 @@ class Run:
             "layers": [layer.describe() for layer in self.layers],
             "neighbours": self.neighbours_problem is None,
             "neighbours_problem": self.neighbours_problem,
+            "neighbours_pending": self.neighbours_problem == PENDING,
         }
 
     def timed_predict(self, image_28x28: np.ndarray, fields: tuple[str, ...]) -> tuple[dict, float]:
@@ -118,19 +119,19 @@ class Run:
         return jax.tree.map(lambda a: a[0], out), (time.perf_counter() - start) * 1000
 
 
-def _restore(name: str, workdir: Path, mnist: Mnist, k: int) -> Run:
+PENDING = "the training set is still being embedded for this run; the nearest digits appear when it is done"
+
+
+def _restore(name: str, workdir: Path, mnist: Mnist, k: int, wait_s: float) -> Run:
     restored = checkpoint.load_for_inference(workdir)
     shown = layers.describe(restored.model)
-    index, problem = None, None
+    problem, train = None, None
     if not shown:
         problem = "the model marks no layers (digitjax/layers.py), so it has no embedding to search in"
     elif not k:
         problem = "turned off (NEIGHBOURS = 0)"
     elif (train := mnist.split("train")) is None:
         problem = mnist.problem
-    else:
-        cache = workdir / "embeddings" / str(restored.step)  # beside the checkpoint it was computed with
-        index = neighbours_lib.build(restored.model, train.images_NxHxW, train.labels_N, cache)
     run = Run(
         name=name,
         workdir=workdir,
@@ -138,17 +139,41 @@ def _restore(name: str, workdir: Path, mnist: Mnist, k: int) -> Run:
         model_name=restored.config.model,
         test_accuracy=restored.meta.get("test_accuracy"),
         trained_on=restored.meta.get("device_kind"),
-        predict=Predictor(restored.model, index, k),
+        predict=Predictor(restored.model, None, k),
         layers=shown,
-        neighbours_problem=problem,
+        neighbours_problem=problem or PENDING,
         notes=restored.notes,
     )
     for note in restored.notes:
         logging.getLogger("webui").warning(note)
-    for fields in WARM_FIELDS:  # compile now: requests only ever send one image
-        if "neighbours" not in fields or index is not None:
-            run.predict(np.zeros((1, 28, 28), np.uint8), fields)
+    for fields in WARM_FIELDS[:-1]:  # compile now: requests only ever send one image
+        run.predict(np.zeros((1, 28, 28), np.uint8), fields)
+    if problem is None:
+        _index_in_background(run, restored.model, train, wait_s)
     return run
+
+
+def _index_in_background(run: Run, model: nnx.Module, train: data.Split, wait_s: float) -> None:
+    """Builds the run's neighbour index (and compiles its search) in a thread, waiting up to
+    `wait_s` for it: a first embedding of the training set can outlast a server's start-up
+    timeout (gunicorn kills a worker silent for 30 s); until it is done, answers come without."""
+    done = threading.Event()
+
+    def build():
+        try:
+            cache = run.workdir / "embeddings" / str(run.step)  # beside the checkpoint it was computed with
+            run.predict.index = neighbours_lib.build(model, train.images_NxHxW, train.labels_N, cache)
+            run.predict(np.zeros((1, 28, 28), np.uint8), WARM_FIELDS[-1])
+            run.neighbours_problem = None
+        except Exception as e:  # shown with the run; the details go to the log
+            logging.getLogger("webui").exception("embedding the training set for %s failed", run.name)
+            run.neighbours_problem = f"embedding the training set failed ({type(e).__name__}: {e})"
+        finally:
+            done.set()
+
+    threading.Thread(target=build, name=f"embed-{run.name}", daemon=True).start()
+    if not done.wait(wait_s):
+        logging.getLogger("webui").warning("%s: serving without neighbours until the embedding is done", run.name)
 
 
 class Mnist:
@@ -180,14 +205,14 @@ class Runs:
     problem: str | None  # why nothing can be served, for the page, the API and the log
 
     @classmethod
-    def load(cls, checkpoints_dir: str | Path, workdir: str | Path | None, mnist: Mnist, k: int) -> Runs:
+    def load(cls, checkpoints_dir: str | Path, workdir: str | Path | None, mnist: Mnist, k: int, wait_s: float) -> Runs:
         onednn.prepare()  # conv=auto may use it: built before anything is traced
         root = Path(checkpoints_dir)
         found = {p.name: p for p in sorted(root.iterdir()) if (p / "checkpoints").is_dir()} if root.is_dir() else {}
         runs: dict[str, Run] = {}
         for name, path in found.items():
             try:
-                runs[name] = _restore(name, path, mnist, k)
+                runs[name] = _restore(name, path, mnist, k, wait_s)
             except UserError as e:  # no finished checkpoint yet, or every one damaged: not offered
                 logging.getLogger("webui").warning("%s is not served: %s", name, e)
         default = None
@@ -197,7 +222,7 @@ class Runs:
             if name in runs and runs[name].workdir.resolve() != path.resolve():
                 name = str(path)  # a run of that name under checkpoints/ is another one
             try:
-                runs[name] = runs.get(name) or _restore(name, path, mnist, k)
+                runs[name] = runs.get(name) or _restore(name, path, mnist, k, wait_s)
             except UserError as e:
                 return cls(runs, None, f"DIGITJAX_WORKDIR={workdir} cannot be served: {e}")
             default = name

@@ -239,6 +239,7 @@ function showRunInfo() {
 async function loadRuns() {
   const info = await (await fetch("api/model")).json();
   runs = info.runs;
+  if (runs.some((r) => r.neighbours_pending)) setTimeout(refreshRuns, 2000);
   for (const run of runs) {
     const option = document.createElement("option");
     option.value = option.textContent = run.name;
@@ -248,6 +249,13 @@ async function loadRuns() {
   const wanted = new URLSearchParams(location.search).get("run");
   if (wanted && runs.some((r) => r.name === wanted)) runSelect.value = wanted;
   showRunInfo();
+}
+
+// While a run's training set is still being embedded, ask again until its neighbours can be shown.
+async function refreshRuns() {
+  runs = (await (await fetch("api/model")).json()).runs;
+  showRunInfo();
+  if (runs.some((r) => r.neighbours_pending)) setTimeout(refreshRuns, 2000);
 }
 
 // A test digit from a run page: its exact pixels go to the model, its picture under the strokes.
