@@ -34,21 +34,25 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1280,800",
 )
+NO_CHROMIUM = "Needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"
 
 
-def browser():
+def browser(window: str = "1280,800", console: bool = False):
+    """Headless Debian Chromium through Selenium (also the browser tests'); `console`: keep the
+    page's console messages (CSP violations land there)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and chromedriver):
-        sys.exit("Needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
+        raise RuntimeError(NO_CHROMIUM)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
+    for flag in (*CHROMIUM_FLAGS, f"--window-size={window}"):
         options.add_argument(flag)
+    if console:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(chromedriver), options=options)
 
 
@@ -84,6 +88,8 @@ def main() -> None:
     if args.smoke:
         args.strokes = 3
 
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        sys.exit(NO_CHROMIUM)
     with gunicorn(args.workdir) as (port, _):
         driver = browser()
         try:

@@ -58,29 +58,11 @@ def zoo(synthetic_tfds, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        message = "Debian's chromium and chromium-driver are needed: apt-get install chromium chromium-driver"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from experiments import bench_canvas
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1100,900",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations land in the console
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.fail(bench_canvas.NO_CHROMIUM) if os.environ.get("CI") else pytest.skip(bench_canvas.NO_CHROMIUM)
+    driver = bench_canvas.browser("1100,900", console=True)
     yield driver
     driver.quit()
 
@@ -168,7 +150,7 @@ def test_drawing_shows_the_digit(server, browser, kind, digit):
     WebDriverWait(browser, 10).until(lambda d: len(d.find_elements("css selector", "#neighbours li")) == 8)
     neighbours = browser.find_elements("css selector", "#neighbours li")
     assert len(neighbours) == 8 and all(
-        n.find_element("tag name", "img").get_attribute("naturalWidth") == "28" for n in neighbours
+        n.find_element("tag name", "canvas").get_attribute("width") == "28" for n in neighbours
     )
     labels = [int(n.get_attribute("data-label")) for n in neighbours]
     assert labels.count(digit) >= 4, f"the nearest training digits of a {digit}: {labels}"
