@@ -72,8 +72,12 @@ def gunicorn(workdir: str, workers: int = 2):
     """
     port = free_port()
     env = {**os.environ, "DIGITJAX_WORKDIR": workdir, "DIGITJAX_CHECKPOINTS": str(Path(workdir).parent)}
+    # Measured as a person meets it: the neighbours ready before the first request, however long
+    # a first embedding of the training set takes (and gunicorn waits that long for its workers).
+    env["DIGITJAX_NEIGHBOURS_WAIT_S"] = "600"
+    command = ["gunicorn", "--timeout", "600", "-w", str(workers), "-b", f"127.0.0.1:{port}", "webui:create_app()"]
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}", "webui:create_app()"],
+        [sys.executable, "-m", *command],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -31,9 +31,14 @@ def serve(app):
 
 
 @pytest.fixture(scope="module")
-def server(served_checkpoints, tfds_dir, mnist_dir):
+def drawings_db(tmp_path_factory):
+    return tmp_path_factory.mktemp("store") / "drawings.sqlite"
+
+
+@pytest.fixture(scope="module")
+def server(served_checkpoints, tfds_dir, mnist_dir, drawings_db):
     config = {"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
-    httpd = serve(create_app(config | {"MNIST_DIR": str(mnist_dir)}))
+    httpd = serve(create_app(config | {"MNIST_DIR": str(mnist_dir), "DRAWINGS_DB": str(drawings_db)}))
     yield f"http://127.0.0.1:{httpd.server_port}/"
     httpd.shutdown()
 
@@ -50,7 +55,8 @@ def zoo(synthetic_tfds, tmp_path_factory):
         config = smoke.get_config()
         config.model, config.train_size, config.validation_size, config.num_epochs = name, 96, 0, 1
         trainer.train_and_evaluate(config, root / name, str(synthetic_tfds), mnist_dir="/nonexistent")
-    app = create_app({"CHECKPOINTS_DIR": str(root), "WORKDIR": None, "DATA_DIR": str(synthetic_tfds)})
+    config = {"CHECKPOINTS_DIR": str(root), "WORKDIR": None, "DATA_DIR": str(synthetic_tfds)}
+    app = create_app(config | {"DRAWINGS_DB": str(root / "drawings.sqlite")})
     httpd = serve(app)
     yield app, f"http://127.0.0.1:{httpd.server_port}/"
     httpd.shutdown()
@@ -430,3 +436,32 @@ def test_two_runs_side_by_side(zoo, browser):
         browser.save_screenshot(str(ARTIFACTS / "compare-runs.png"))
     finally:
         browser.set_window_size(1100, 900)
+
+
+def test_wrong_it_is_7_keeps_the_drawing_with_its_label(server, browser, drawings_db):
+    """Draw, press "Wrong: it is 7": the drawing is in the store labelled 7 (with what the model
+    answered, drawn by a pen), and the page's count of kept drawings goes up."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from digitjax import drawings
+
+    browser.get(server)
+    stats = browser.find_element("id", "store-stats")
+    WebDriverWait(browser, 10).until(lambda d: stats.text)
+    before = int(stats.get_attribute("data-count") or 0)
+    assert not browser.find_element("id", "teach").is_displayed(), "nothing to label before an answer"
+    draw(browser, DIGITS[1], "pen")
+    shown = answer(browser)
+    assert browser.find_element("id", "teach").is_displayed()
+    browser.find_element("css selector", '#teach .digit[data-digit="7"]').click()
+    WebDriverWait(browser, 10).until(lambda d: "Kept as a 7" in d.find_element("id", "teach-note").text)
+    WebDriverWait(browser, 10).until(lambda d: stats.get_attribute("data-count") == str(before + 1))
+    kept = int(browser.find_element("id", "teach").get_attribute("data-kept"))
+    row = drawings.connect(drawings_db).execute("SELECT label, answer, kind, run FROM drawings WHERE id = ?", (kept,))
+    assert row.fetchone() == (7, shown, "pen", "tiny")
+    # A digit key labels it too: "1" on the keyboard says which digit it is.
+    browser.find_element("tag name", "body").send_keys("1")
+    WebDriverWait(browser, 10).until(lambda d: stats.get_attribute("data-count") == str(before + 2))
+    assert "of them right" in stats.text
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "teach-wrong-it-is-7.png"))

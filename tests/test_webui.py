@@ -19,10 +19,11 @@ NO_MNIST = {"NEIGHBOURS": 0}  # the fast tier never reaches the real MNIST
 
 
 @pytest.fixture(scope="module")
-def app(synthetic_checkpoints, synthetic_tfds):
+def app(synthetic_checkpoints, synthetic_tfds, tmp_path_factory):
     # Neighbours, test digits and reports come from the synthetic digits the run was trained on.
     config = {"CHECKPOINTS_DIR": str(synthetic_checkpoints), "WORKDIR": None, "DATA_DIR": str(synthetic_tfds)}
-    return create_app(config | {"MNIST_DIR": "/nonexistent"})
+    store = tmp_path_factory.mktemp("store") / "drawings.sqlite"
+    return create_app(config | {"MNIST_DIR": "/nonexistent", "DRAWINGS_DB": str(store)})
 
 
 @pytest.fixture
@@ -31,9 +32,10 @@ def client(app):
 
 
 @pytest.fixture(scope="module")
-def mnist_app(served_checkpoints, tfds_dir, mnist_dir):
+def mnist_app(served_checkpoints, tfds_dir, mnist_dir, tmp_path_factory):
     config = {"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
-    return create_app(config | {"MNIST_DIR": str(mnist_dir)})
+    store = tmp_path_factory.mktemp("store") / "drawings.sqlite"
+    return create_app(config | {"MNIST_DIR": str(mnist_dir), "DRAWINGS_DB": str(store)})
 
 
 @pytest.fixture
@@ -260,7 +262,8 @@ def test_fuzz_no_5xx_json_4xx_and_no_file_read_outside_the_app(app, client, synt
 
     statuses = fuzz_api.fuzz(send, 300)
     assert sum(statuses.values()) >= 300 and {200, 400, 404} <= set(statuses) and len(statuses) >= 4
-    roots = (Path(app.root_path), synthetic_checkpoints, synthetic_tfds, sys.prefix, sys.base_prefix)
+    store = Path(app.config["DRAWINGS_DB"]).parent
+    roots = (Path(app.root_path), synthetic_checkpoints, synthetic_tfds, store, sys.prefix, sys.base_prefix)
     allowed = [str(Path(p).resolve()) for p in roots]
     outside = {p for p in opened if not any(p.startswith(root + os.sep) for root in allowed) and p != "/dev/urandom"}
     assert not outside, sorted(outside)[:10]
@@ -381,6 +384,7 @@ def test_openapi_describes_every_real_response(app, client, digits):
     spec = client.get("/api/openapi.json").json
     validate(spec)
     pixels = digits(1, seed=8)[0][0].ravel().tolist()
+    drawn = "data:image/png;base64," + base64.b64encode(png(canvas_of(digits(1, seed=8)[0][0]))).decode()
     reports = app.extensions["digitjax.reports"]
     client.get("/api/runs/synthetic")
     if "synthetic" in reports._making:
@@ -400,6 +404,12 @@ def test_openapi_describes_every_real_response(app, client, digits):
         ("/api/runs/{name}/layers/{layer}/kernel", "get", "/api/runs/synthetic/layers/nope/kernel", {}),
         ("/api/digits/test/{index}", "get", "/api/digits/test/7", {}),
         ("/api/digits/test/{index}", "get", "/api/digits/test/99999", {}),
+        ("/api/drawings/stats", "get", "/api/drawings/stats", {}),
+        ("/api/drawings", "post", "/api/drawings", {"json": {"image": drawn, "label": 4, "kind": "pen"}}),
+        ("/api/drawings", "post", "/api/drawings", {"json": {"image": drawn, "label": 11}}),
+        ("/api/drawings/stats", "get", "/api/drawings/stats?run=synthetic", {}),
+        ("/api/drawings/{id}", "delete", "/api/drawings/1", {}),
+        ("/api/drawings/{id}", "delete", "/api/drawings/1", {}),
     ]
     for path, method, url, kwargs in calls:
         _validate(spec, path, method, client.open(url, method=method.upper(), **kwargs))

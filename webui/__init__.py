@@ -14,7 +14,7 @@ from flask import Flask
 
 def create_app(config: dict | None = None) -> Flask:
     """The app, with every run under CHECKPOINTS_DIR restored and its predict function compiled."""
-    from webui import reports, serving, views
+    from webui import reports, serving, store, views
 
     app = Flask(__name__)
     app.config.from_mapping(
@@ -24,7 +24,9 @@ def create_app(config: dict | None = None) -> Flask:
         MAX_IMAGE_PIXELS=4096 * 4096,  # an upload larger than this is refused before decoding
         UNSURE_BELOW=0.7,  # a top probability under this is shown as unsure
         NEIGHBOURS=8,  # nearest training digits per answer; 0 skips embedding the training set at start-up
-        NEIGHBOURS_WAIT_S=15.0,  # start-up waits this long for the embedding, then serves without it until done
+        # Start-up waits this long for a first embedding of the training set, then serves without
+        # neighbours until it is done: under gunicorn's worker timeout (30 s by default).
+        NEIGHBOURS_WAIT_S=float(os.environ.get("DIGITJAX_NEIGHBOURS_WAIT_S", 15)),
         DATA_DIR=os.environ.get("TFDS_DATA_DIR"),  # TFDS data dir of `mnist`: neighbours, test digits, reports
         MNIST_DIR=os.environ.get("DIGITJAX_MNIST_DIR"),  # local IDX files to prepare it from, where offline
         MISTAKES_SHOWN=96,  # test mistakes on a run page, the most confident first
@@ -39,4 +41,5 @@ def create_app(config: dict | None = None) -> Flask:
     if app.extensions["digitjax"].problem:
         app.logger.error(app.extensions["digitjax"].problem)
     app.register_blueprint(views.bp)
+    store.init_app(app)
     return app

@@ -114,6 +114,37 @@ SPEC = {
                 "responses": {"200": _json("TestDigit", "The digit"), "404": _ERROR, "503": _ERROR},
             }
         },
+        "/api/drawings": {
+            "post": {
+                "summary": "Keep a drawing a person labelled: the model's answer and the run are stored with it.",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DrawingRequest"}}},
+                },
+                "responses": {
+                    "201": _json("StoredDrawing", "Stored"),
+                    "400": _ERROR,
+                    "404": _ERROR,
+                    "413": _ERROR,
+                    "415": _ERROR,
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/api/drawings/stats": {
+            "get": {
+                "summary": "How many drawings are kept, by label and kind, and how many a run gets right.",
+                "parameters": [{"name": "run", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "responses": {"200": _json("DrawingStats", "The counts"), "404": _ERROR, "503": _ERROR},
+            }
+        },
+        "/api/drawings/{id}": {
+            "delete": {
+                "summary": "Delete one kept drawing.",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {"200": _json("Deleted", "Deleted"), "404": _ERROR},
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness: 200 when a model is served, 503 when none is.",
@@ -275,6 +306,47 @@ SPEC = {
                     },
                 }
             ),
+            "DrawingRequest": {
+                "type": "object",
+                "required": ["image", "label"],
+                "properties": {
+                    "image": {
+                        "type": "string",
+                        "description": "the drawing as a PNG (base64 or data: URL), 28-1024 px a side",
+                    },
+                    "label": {"type": "integer", "minimum": 0, "maximum": 9, "description": "the digit it is"},
+                    "kind": {"type": "string", "enum": ["mouse", "touch", "pen", "upload"], "default": "mouse"},
+                    "run": {"type": "string", "description": "the run that answers; default: the default run"},
+                },
+            },
+            "StoredDrawing": _object(
+                {
+                    "id": {"type": "integer"},
+                    "label": {"type": "integer", "minimum": 0, "maximum": 9},
+                    "answer": {"type": "integer", "minimum": 0, "maximum": 9},
+                    "confidence": {"type": "number"},
+                    "run": {"type": "string"},
+                    "step": {"type": "integer"},
+                    "kind": {"type": "string", "enum": ["mouse", "touch", "pen", "upload"]},
+                    "split": {
+                        "type": "string",
+                        "enum": ["train", "test"],
+                        "description": "its split in an export, for good",
+                    },
+                }
+            ),
+            "DrawingStats": _object(
+                {
+                    "count": {"type": "integer"},
+                    "by_label": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "by_kind": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "run": {"type": "string"},
+                    "step": {"type": "integer"},
+                    "correct": {"type": "integer"},
+                    "accuracy": _NULLABLE_NUMBER,
+                }
+            ),
+            "Deleted": _object({"deleted": {"type": "integer"}}),
             "Health": _object(
                 {
                     "status": {"type": "string", "enum": ["ok", "unavailable"]},

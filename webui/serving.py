@@ -18,6 +18,7 @@ from digitjax import checkpoint, data, layers, onednn
 from digitjax import model as model_lib
 from digitjax import neighbours as neighbours_lib
 from digitjax.errors import UserError
+from webui.inputs import BadInput
 
 HOW_TO_TRAIN = (
     "Train one with `python -m digitjax.train` (writes checkpoints/default), or point DIGITJAX_WORKDIR "
@@ -203,6 +204,15 @@ class Runs:
     runs: dict[str, Run]
     default: str | None
     problem: str | None  # why nothing can be served, for the page, the API and the log
+
+    def named(self, name) -> Run:
+        """The run a request names (None: the default), or the 4xx/5xx that says why there is none."""
+        if self.problem:
+            raise BadInput(self.problem, 503)
+        name = name or self.default
+        if not isinstance(name, str) or name not in self.runs:
+            raise BadInput(f"Unknown run {name!r}; GET /api/model lists the runs served here.", 404)
+        return self.runs[name]
 
     @classmethod
     def load(cls, checkpoints_dir: str | Path, workdir: str | Path | None, mnist: Mnist, k: int, wait_s: float) -> Runs:

@@ -96,16 +96,6 @@ def openapi_spec():
     return jsonify(openapi.SPEC)
 
 
-def _run(name: str | None) -> Run:
-    runs = _runs()
-    if runs.problem:
-        raise BadInput(runs.problem, 503)
-    name = name or runs.default
-    if not isinstance(name, str) or name not in runs.runs:
-        raise BadInput(f"Unknown run {name!r}; GET /api/model lists the runs served here.", 404)
-    return runs.runs[name]
-
-
 def _fields(options: dict) -> tuple[str, ...]:
     """The optional parts asked for: `fields` (a list, or comma-separated in a form), else the
     older `saliency` flag alone (default on)."""
@@ -156,7 +146,7 @@ def _insight(run: Run, out: dict) -> dict:
 @bp.post("/api/predict")
 def predict():
     image, options = image_from_request(request, current_app.config["MAX_IMAGE_PIXELS"])
-    run, fields = _run(options.get("run")), _fields(options)
+    run, fields = _runs().named(options.get("run")), _fields(options)
     if "neighbours" in fields and run.neighbours_problem:
         raise BadInput(f"Run {run.name} cannot show its nearest training digits: {run.neighbours_problem}.", 409)
     normalise = options.get("normalise", True)
@@ -195,7 +185,7 @@ def predict():
 
 @bp.get("/api/runs/<name>/layers/<layer>/kernel")
 def kernel(name: str, layer: str):
-    run = _run(name)
+    run = _runs().named(name)
     found = next((s for s in run.layers if s.name == layer), None)
     if found is None or found.kernel_HWIO is None:
         raise BadInput(f"Run {name} has no layer {layer!r} made by a kernel; GET /api/model lists its layers.", 404)
@@ -206,7 +196,7 @@ def kernel(name: str, layer: str):
 
 @bp.get("/api/runs/<name>")
 def run_info(name: str):
-    run = _run(name)
+    run = _runs().named(name)
     report, status, problem = current_app.extensions["digitjax.reports"].get(run)
     mistakes = None
     if report is not None:

@@ -13,6 +13,8 @@ let inFlight = false;
 let pending = false;
 let lastSent = 0;
 let lastResult = null;
+let inputKind = "mouse"; // how the drawing on the pad was made: mouse, touch, pen or upload
+let lastUpload = null; // the uploaded file the answer is about, if it was one
 let background = null; // a test digit loaded from a run page (?run=NAME&test=INDEX), drawn under the strokes
 let backgroundPixels = null; // its exact 28x28 pixels: sent as they are while nothing is drawn over them
 let pointerTime = null; // when the pointer move that the request in flight answers happened
@@ -58,6 +60,8 @@ pad.addEventListener("pointerdown", (event) => {
   pad.setPointerCapture(event.pointerId);
   current = [position(event)];
   strokes.push(current);
+  inputKind = ["mouse", "touch", "pen"].includes(event.pointerType) ? event.pointerType : "mouse";
+  lastUpload = null;
   redraw();
 });
 
@@ -84,7 +88,7 @@ pad.addEventListener("pointercancel", endStroke);
 
 document.getElementById("clear").addEventListener("click", () => {
   strokes.length = 0;
-  background = backgroundPixels = null;
+  background = backgroundPixels = lastUpload = null;
   redraw();
   showEmpty();
 });
@@ -101,13 +105,19 @@ document.getElementById("file").addEventListener("change", async (event) => {
   const form = new FormData();
   form.append("image", file);
   form.append("run", runSelect.value);
+  lastUpload = file;
+  inputKind = "upload";
   form.append("fields", wantedFields().join(","));
   event.target.value = "";
   await send(fetch("api/predict", { method: "POST", body: form }));
 });
 
 document.getElementById("show-saliency").addEventListener("change", () => lastResult && showSeen(lastResult));
-runSelect.addEventListener("change", () => { showRunInfo(); if (strokes.length || background) predict(); });
+runSelect.addEventListener("change", () => {
+  showRunInfo();
+  showStoreStats();
+  if (strokes.length || background) predict();
+});
 
 function wantedFields() {
   const run = runs.find((r) => r.name === runSelect.value);
@@ -165,6 +175,8 @@ function show(result) {
     li.classList.toggle("top", digit === result.label);
   });
   showSeen(result);
+  document.getElementById("teach").hidden = !canKeep();
+  document.getElementById("teach-note").textContent = "";
   // The layers and neighbours after the frame that shows the answer: the bars come first.
   const insight = () => { showLayers(result); showNeighbours(result); };
   requestAnimationFrame(() => setTimeout(insight));
@@ -190,6 +202,7 @@ function showEmpty(result) {
   label.classList.remove("unsure");
   delete label.dataset.label;
   document.getElementById("confidence").textContent = "draw a digit";
+  document.getElementById("teach").hidden = true;
   for (const li of bars.children) {
     li.querySelector(".fill").style.width = "0";
     li.querySelector(".pct").textContent = "0%";
@@ -277,7 +290,7 @@ async function loadTestDigit() {
 }
 
 redraw();
-loadRuns().then(loadTestDigit);
+loadRuns().then(() => { showStoreStats(); return loadTestDigit(); });
 
 // ---- Every layer: feature maps as tiles of one canvas per layer, dense units as bars ----
 
@@ -479,4 +492,54 @@ function showNeighbours(result) {
     li.append(canvas, label);
     return li;
   }));
+}
+
+// ---- Teach it: a person's "Right" or "Wrong: it is D" keeps the drawing in the store ----
+
+// A drawing or an upload can be kept; a test digit loaded from a run page (nothing drawn) not.
+function canKeep() {
+  return Boolean(lastResult && !lastResult.empty && (strokes.length || lastUpload));
+}
+
+async function keepImage() {
+  if (inputKind !== "upload") return pad.toDataURL("image/png");
+  const bitmap = await createImageBitmap(lastUpload);
+  const scale = Math.min(1, 1024 / Math.max(bitmap.width, bitmap.height)); // the store keeps <= 1024 px a side
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.max(28, Math.round(bitmap.width * scale));
+  canvas.height = Math.max(28, Math.round(bitmap.height * scale));
+  canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  return canvas.toDataURL("image/png");
+}
+
+async function keep(label) {
+  if (!canKeep()) return;
+  const note = document.getElementById("teach-note");
+  const body = JSON.stringify({ image: await keepImage(), label, kind: inputKind, run: runSelect.value });
+  const response = await fetch("api/drawings", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+  const stored = await response.json();
+  note.textContent = response.ok ? `Kept as a ${stored.label} (drawing #${stored.id}). Thank you.` : `Not kept: ${stored.error}`;
+  if (response.ok) document.getElementById("teach").dataset.kept = stored.id;
+  showStoreStats();
+}
+
+document.getElementById("right").addEventListener("click", () => lastResult && keep(lastResult.label));
+for (const button of document.querySelectorAll("#teach .digit")) {
+  button.addEventListener("click", () => keep(Number(button.dataset.digit)));
+}
+// Keyboard: a digit key says which digit it is (the answer's digit: right; another: wrong).
+document.addEventListener("keydown", (event) => {
+  if (event.target.closest("select, input") || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (/^[0-9]$/.test(event.key) && !document.getElementById("teach").hidden) keep(Number(event.key));
+});
+
+async function showStoreStats() {
+  const response = await fetch(`api/drawings/stats?run=${encodeURIComponent(runSelect.value)}`);
+  const stats = await response.json();
+  if (!response.ok) return;
+  const line = document.getElementById("store-stats");
+  line.dataset.count = stats.count;
+  line.textContent = stats.count
+    ? `${stats.count} labelled drawings kept; ${stats.run} gets ${(100 * stats.accuracy).toFixed(1)}% of them right.`
+    : "No labelled drawings kept yet.";
 }

@@ -1,0 +1,123 @@
+"""The labelled drawings in the app: the store's connection per request, and its JSON API.
+
+POST /api/drawings stores a drawing a person labelled ("Right" or "Wrong: it is 7" on the page);
+GET /api/drawings/stats counts them and scores a served run on them; DELETE /api/drawings/<id>
+removes one. The store is `digitjax.drawings` (SQLite, WAL), at the config's DRAWINGS_DB.
+Nothing is stored unless a person presses a button, and nothing about the person is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import sqlite3
+
+import numpy as np
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+from PIL import Image
+
+from digitjax import drawings, preprocess
+from webui.inputs import BadInput, decode_image
+
+bp = Blueprint("store", __name__)
+
+MIN_SIDE, MAX_SIDE = 28, 1024  # a drawing's PNG, in pixels a side
+BATCH = 256  # drawings scored at once by the stats
+
+
+def init_app(app: Flask) -> None:
+    app.config.setdefault("DRAWINGS_DB", os.path.join(app.instance_path, "drawings.sqlite"))
+    app.config.setdefault("MAX_DRAWING_BYTES", 256 * 1024)  # of one drawing's PNG
+    app.teardown_appcontext(close)
+    app.register_blueprint(bp)
+
+
+def connection() -> sqlite3.Connection:
+    """This request's connection to the store: opened on first use, closed when the request ends."""
+    if "drawings" not in g:
+        g.drawings = drawings.connect(current_app.config["DRAWINGS_DB"])
+    return g.drawings
+
+
+def close(_error=None) -> None:
+    conn = g.pop("drawings", None)
+    if conn is not None:
+        conn.close()
+
+
+def _png(data) -> tuple[bytes, Image.Image]:
+    if not isinstance(data, str) or not data:
+        raise BadInput("`image` must be the drawing as a PNG, base64 or a data: URL.")
+    try:
+        payload = base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput("`image` is not valid base64.")
+    limit = current_app.config["MAX_DRAWING_BYTES"]
+    if len(payload) > limit:
+        raise BadInput(f"The drawing's PNG is {len(payload):,} bytes; at most {limit:,} are kept.", 413)
+    image = decode_image(payload, MAX_SIDE * MAX_SIDE)
+    if image.format != "PNG":
+        raise BadInput(f"A drawing is kept as a PNG; this is a {image.format}.", 415)
+    if not (MIN_SIDE <= min(image.size) and max(image.size) <= MAX_SIDE):
+        raise BadInput(
+            f"The drawing is {image.size[0]}x{image.size[1]} pixels; each side must be {MIN_SIDE} to {MAX_SIDE}."
+        )
+    return payload, image
+
+
+def _label(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise BadInput(f"`label` must be a digit from 0 to 9; got {value!r}.")
+    return value
+
+
+@bp.post("/api/drawings")
+def add():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadInput(f'Send JSON: {{"image": PNG data URL, "label": 0-9, "kind": one of {list(drawings.KINDS)}}}.')
+    label = _label(body.get("label"))
+    kind = body.get("kind", "mouse")
+    if kind not in drawings.KINDS:
+        raise BadInput(f"`kind` must be one of {list(drawings.KINDS)}; got {kind!r}.")
+    payload, image = _png(body.get("image"))
+    run = current_app.extensions["digitjax"].named(body.get("run"))
+    prepared = preprocess.to_mnist(image)
+    if prepared.empty:
+        raise BadInput("Nothing is drawn: there is no digit to keep.")
+    probs_C = run.predict(prepared.image_28x28[None])["probabilities"][0]
+    answer = int(probs_C.argmax())
+    drawing = drawings.Drawing(
+        label, prepared.image_28x28, payload, answer, float(probs_C[answer]), run.name, run.step, kind
+    )
+    drawing_id = drawings.add(connection(), drawing)
+    split = "test" if drawings.split_of(np.asarray([drawing_id]))[0] else "train"
+    result = {"id": drawing_id, "label": label, "answer": answer, "confidence": round(float(probs_C[answer]), 5)}
+    return jsonify(result | {"run": run.name, "step": run.step, "kind": kind, "split": split}), 201
+
+
+@bp.get("/api/drawings/stats")
+def stats():
+    """How many drawings the store holds, and how many of them the run (default: the default) gets right."""
+    run = current_app.extensions["digitjax"].named(request.args.get("run"))
+    if not os.path.exists(current_app.config["DRAWINGS_DB"]):  # nothing kept yet: no store made for it
+        empty = {"count": 0, "by_label": {str(c): 0 for c in range(10)}, "by_kind": {}}
+        return jsonify(empty | {"run": run.name, "step": run.step, "correct": 0, "accuracy": None})
+    counts = drawings.stats(connection())
+    _, inputs, labels = drawings.labelled(connection())
+    correct = 0
+    for i in range(0, len(labels), BATCH):  # whole batches, so the run compiles one shape, once
+        batch = np.zeros((BATCH, 28, 28), np.uint8)
+        batch[: len(inputs[i : i + BATCH])] = inputs[i : i + BATCH]
+        answers = run.predict(batch)["probabilities"].argmax(-1)[: len(labels[i : i + BATCH])]
+        correct += int((answers == labels[i : i + BATCH]).sum())
+    accuracy = correct / len(labels) if len(labels) else None
+    return jsonify(counts | {"run": run.name, "step": run.step, "correct": correct, "accuracy": accuracy})
+
+
+@bp.delete("/api/drawings/<int:drawing_id>")
+def remove(drawing_id: int):
+    if not drawings.delete(connection(), drawing_id):
+        raise BadInput(f"No drawing {drawing_id} in the store.", 404)
+    return jsonify(deleted=drawing_id)
