@@ -65,17 +65,19 @@ def _wait_healthy(port: int, server: subprocess.Popen, timeout: float = 120) -> 
 
 
 @contextlib.contextmanager
-def gunicorn(workdir: str, workers: int = 2):
-    """`gunicorn -w WORKERS "webui:create_app()"` serving `workdir` on a free loopback port, stopped on exit.
+def gunicorn(workdir: str, workers: int = 2, threads: int = 1, **env: str):
+    """`gunicorn -w WORKERS --threads THREADS "webui:create_app()"` serving `workdir` on a free
+    loopback port, with `env` added to its environment; stopped on exit.
 
     Yields the port and the server's process.
     """
     port = free_port()
-    env = {**os.environ, "DIGITJAX_WORKDIR": workdir, "DIGITJAX_CHECKPOINTS": str(Path(workdir).parent)}
+    env = {**os.environ, "DIGITJAX_WORKDIR": workdir, "DIGITJAX_CHECKPOINTS": str(Path(workdir).parent), **env}
     # Measured as a person meets it: the neighbours ready before the first request, however long
     # a first embedding of the training set takes (and gunicorn waits that long for its workers).
     env["DIGITJAX_NEIGHBOURS_WAIT_S"] = "600"
-    command = ["gunicorn", "--timeout", "600", "-w", str(workers), "-b", f"127.0.0.1:{port}", "webui:create_app()"]
+    command = ["gunicorn", "--timeout", "600", "-w", str(workers), "--threads", str(threads)]
+    command += ["-b", f"127.0.0.1:{port}", "webui:create_app()"]
     server = subprocess.Popen(
         [sys.executable, "-m", *command],
         env=env,
@@ -87,7 +89,8 @@ def gunicorn(workdir: str, workers: int = 2):
         _wait_healthy(port, server)
         yield port, server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        if server.poll() is None:  # a test may have killed it already
+            os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 

@@ -1,4 +1,5 @@
-"""The serving benchmark and load test in smoke mode: gunicorn over loopback, no error, no mix-up."""
+"""The serving benchmark and load tests in smoke mode: gunicorn over loopback, no error, no mix-up,
+nothing acknowledged lost."""
 
 import json
 from pathlib import Path
@@ -29,3 +30,12 @@ def test_load_test_smoke_concurrent_answers_are_each_their_own(served_checkpoint
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["check_requests"] == 200 and report["check_wrong"] == 0
     assert report["load_errors"] == 0 and report["load_requests"] > 0 and report["p99_ms"] > 0
+
+
+def test_load_drawings_smoke_nothing_acknowledged_is_lost_or_mixed_up(served_checkpoints, run_cli):
+    proc = run_cli("experiments.load_drawings", "--workdir", str(served_checkpoints / "tiny"), "--smoke", check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["load"]["acknowledged"] == report["load"]["stored"] == 200 and report["load"]["wrong"] == 0
+    kill = report["kill"]
+    assert kill["acknowledged"] >= 100 and kill["missing"] == kill["wrong"] == 0 and kill["integrity"] == "ok"

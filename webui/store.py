@@ -27,7 +27,9 @@ BATCH = 256  # drawings scored at once by the stats
 
 
 def init_app(app: Flask) -> None:
-    app.config.setdefault("DRAWINGS_DB", os.path.join(app.instance_path, "drawings.sqlite"))
+    if not app.config.get("DRAWINGS_DB"):
+        default = os.path.join(app.instance_path, "drawings.sqlite")
+        app.config["DRAWINGS_DB"] = os.environ.get("DIGITJAX_DRAWINGS_DB", default)
     app.config.setdefault("MAX_DRAWING_BYTES", 256 * 1024)  # of one drawing's PNG
     app.teardown_appcontext(close)
     app.register_blueprint(bp)
