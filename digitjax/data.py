@@ -275,7 +275,24 @@ def splits(config, data_dir: str | None = None, mnist_dir: str | None = None) ->
         train = Split(train.images_NxHxW[:-v], train.labels_N[:-v])
     if config.train_size:
         train = Split(train.images_NxHxW[: config.train_size], train.labels_N[: config.train_size])
+    if config.get("drawings"):
+        train = _with_drawings(config, train, evaluated)
     return train, evaluated
+
+
+def _with_drawings(config, train: Split, evaluated: dict[str, Split]) -> Split:
+    """MNIST's training split plus the canvas's labelled training drawings, each `drawings_weight`
+    times; their test split is evaluated as `drawings` beside MNIST's."""
+    from digitjax import drawings
+
+    found = drawings.load(config.drawings)
+    images_NxHxW, labels_N = found["train"]
+    w = config.get("drawings_weight", 1)
+    evaluated["drawings"] = Split(found["test"][0], found["test"][1].astype(np.int32))
+    return Split(
+        np.concatenate([train.images_NxHxW, np.repeat(images_NxHxW, w, axis=0)]),
+        np.concatenate([train.labels_N, np.repeat(labels_N.astype(np.int32), w)]),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))

@@ -156,6 +156,38 @@ def export(conn: sqlite3.Connection, out: Path) -> dict:
     return {"out": str(out), "train": int((~test).sum()), "test": int(test.sum())}
 
 
+def read_idx(path: Path) -> np.ndarray:
+    """A gzipped uint8 IDX file of any shape (an export's; MNIST's own are checked by digitjax.data)."""
+    raw = gzip.decompress(path.read_bytes())
+    if raw[:3] != b"\0\0\x08":
+        raise UserError(f"{path} is not a uint8 IDX file.")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
+
+
+def load(store_or_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train": (images_Nx28x28, labels_N), "test": ...} of a store, or of a folder it was exported to."""
+    path = Path(store_or_dir)
+    if path.is_dir():
+        try:
+            return {
+                split: (
+                    read_idx(path / f"{prefix}-images-idx3-ubyte.gz"),
+                    read_idx(path / f"{prefix}-labels-idx1-ubyte.gz"),
+                )
+                for split, prefix in (("train", "train"), ("test", "t10k"))
+            }
+        except FileNotFoundError as e:
+            raise UserError(f"{path} is not an export of drawings ({e.filename} is missing).")
+    if not path.is_file():
+        raise UserError(
+            f"No drawings at {path}: pass the store (the app's DRAWINGS_DB) or a folder it was exported to."
+        )
+    ids, inputs, labels = labelled(connect(path))
+    test = split_of(ids)
+    return {"train": (inputs[~test], labels[~test]), "test": (inputs[test], labels[test])}
+
+
 def main(argv=None) -> None:
     from digitjax.errors import exit_on_user_error
 

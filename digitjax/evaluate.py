@@ -146,6 +146,28 @@ def mistakes(labels_N: np.ndarray, probs_NxC: np.ndarray) -> list[dict]:
     ]
 
 
+def drawings_report(restored, store_or_dir: str) -> dict:
+    """Accuracy, confusion matrix and mistakes on the test split of people's labelled drawings
+    (digitjax/drawings.py), where MNIST's test set says little about the canvas."""
+    from digitjax import drawings
+
+    images_NxHxW, labels_N = drawings.load(store_or_dir)["test"]
+    if not len(labels_N):
+        return {"drawings": store_or_dir, "count": 0}
+    config = restored.config
+    device_batches = batches(images_NxHxW, labels_N.astype(np.int32), config.eval_batch_size)
+    result = evaluate_arrays(restored.model, device_batches, len(labels_N), bool(config.get("test_time_shifts")))
+    predictions_N = result["logits_NxC"].argmax(-1)
+    return {
+        "drawings": store_or_dir,
+        "count": len(labels_N),
+        "accuracy": result["accuracy"],
+        "loss": result["loss"],
+        "confusion_matrix": confusion_matrix(labels_N, predictions_N).tolist(),
+        "mistakes": mistakes(labels_N, jax.nn.softmax(result["logits_NxC"])),
+    }
+
+
 def _changed(recorded: str | None, predictions_N: np.ndarray) -> int | None:
     if recorded is None:
         return None
@@ -165,9 +187,17 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, no plots")
     parser.add_argument("--data_dir", help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     parser.add_argument("--mnist_dir", help="folder with the four MNIST IDX files (default $DIGITJAX_MNIST_DIR)")
+    parser.add_argument(
+        "--drawings", help="also the test split of the canvas's labelled drawings: a store or an export"
+    )
     args = parser.parse_args(argv)
     with exit_on_user_error():
         summary = report(epath.Path(args.workdir), args.step, args.data_dir, args.mnist_dir, plots=not args.json)
+        if args.drawings:
+            from digitjax import checkpoint
+
+            restored = checkpoint.load_for_inference(epath.Path(args.workdir), summary["step"])
+            summary["drawings"] = drawings_report(restored, args.drawings)
     if args.json:
         print(json.dumps(summary))
         return
@@ -175,6 +205,15 @@ def main(argv=None) -> None:
     print(f"{args.workdir} step {summary['step']} ({summary['model']}): test accuracy {accuracy:.4%}, {errors} errors")
     for c, acc in summary["per_class_accuracy"].items():
         print(f"  digit {c}: {acc:.2%}")
+    if drawn := summary.get("drawings"):
+        if drawn["count"]:
+            wrong = len(drawn["mistakes"])
+            print(
+                f"drawings ({drawn['drawings']}, test split): accuracy {drawn['accuracy']:.2%} "
+                f"of {drawn['count']}, {wrong} wrong"
+            )
+        else:
+            print(f"drawings ({drawn['drawings']}): none in the test split yet")
     print(f"report: {epath.Path(args.workdir) / 'report'} (report.json, confusion.png, mistakes.png, curves.png)")
 
 

@@ -319,7 +319,24 @@ def _resume(run: Run) -> None:
         run.rng, saved = run.ckpts.restore(run.step, run.state, run.rng)
         run.clock.seconds = saved.get("train_seconds", 0.0)
         run.say(f"Resuming {run.workdir} from step {run.step}.", file=sys.stderr)
+    elif run.config.get("init_from"):
+        _init_from(run)
     run.data_key, run.dropout_key = jax.random.split(run.rng)
+
+
+def _init_from(run: Run) -> None:
+    """A fresh run starts from another run's trained model (fine-tuning) rather than at random."""
+    source = run.config.init_from
+    restored = checkpoint_lib.load_for_inference(source)
+    if restored.config.model != run.config.model:
+        raise UserError(
+            f"init_from {source} trained model {restored.config.model!r}, this config's is {run.config.model!r}; "
+            f"set --config.model={restored.config.model} or init from a run of the same model."
+        )
+    trained = parallel.put(nnx.state(restored.model), parallel.replicated())
+    for module in filter(None, (run.state.model, run.state.ema)):
+        nnx.update(module, trained)
+    run.say(f"Starting from {source} (step {restored.step}).", file=sys.stderr)
 
 
 def _put_data(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir: str | None):

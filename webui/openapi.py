@@ -35,7 +35,7 @@ _LEVELS = {
 _CURVE_POINT = _object(
     {
         "step": {"type": "integer"},
-        "split": {"type": "string", "enum": ["train", "val", "test"]},
+        "split": {"type": "string", "enum": ["train", "val", "test", "drawings"]},
         "loss": _NULLABLE_NUMBER,
         "accuracy": _NULLABLE_NUMBER,
         "train_seconds": {"type": "number"},

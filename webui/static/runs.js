@@ -6,7 +6,7 @@ const main = document.getElementById("runs");
 const root = main.dataset.root;
 const names = main.dataset.runs ? main.dataset.runs.split("/") : [];
 const SVG = "http://www.w3.org/2000/svg";
-const COLOURS = { train: "#8e8e93", val: "#ff9f0a", test: "#0a84ff" };
+const COLOURS = { train: "#8e8e93", val: "#ff9f0a", test: "#0a84ff", drawings: "#bf5af2" };
 
 document.getElementById("compare").addEventListener("change", (event) => {
   const other = event.target.value;
