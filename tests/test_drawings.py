@@ -151,3 +151,38 @@ def test_bad_drawings_are_a_4xx_and_nothing_is_stored(app, digits):
         assert r.status_code == status and phrase in r.json["error"], (body.get("label"), r.status_code, r.json)
     assert client.post("/api/drawings", data=b"[1, 2]", content_type="application/json").status_code == 400
     assert client.get("/api/drawings/stats").json["count"] == 0
+
+
+def test_fine_tuning_starts_from_the_run_and_evaluates_the_drawings(
+    synthetic_checkpoints, synthetic_tfds, digits, tmp_path
+):
+    """A fine-tune (experiments/finetune_drawings.py's fields) starts from the trained run's model,
+    trains on the training drawings too and evaluates their test split; evaluate --drawings agrees."""
+    import jax
+    from flax import nnx
+
+    from digitjax import checkpoint, evaluate, trainer
+    from experiments import finetune_drawings
+
+    store = tmp_path / "drawings.sqlite"
+    conn = drawings.connect(store)
+    images, labels = digits(60, seed=12)
+    for image, label in zip(images, labels):
+        drawings.add(conn, drawings.Drawing(int(label), image, b"png", None, None, None, None, "mouse"))
+    source = synthetic_checkpoints / "synthetic"
+    config = finetune_drawings.get_config()
+    config.model, config.init_from, config.drawings, config.drawings_weight = "fast", str(source), str(store), 2
+    config.train_size, config.validation_size, config.batch_size = 64, 0, 32
+    # With a learning rate of 0 the parameters stay the source's: what the run started from.
+    config.learning_rate, config.lr_schedule = 0.0, "constant"
+    trainer.train_and_evaluate(config, tmp_path / "tuned", str(synthetic_tfds), mnist_dir="/nonexistent")
+    tuned, original = checkpoint.load_for_inference(tmp_path / "tuned"), checkpoint.load_for_inference(source)
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(tuned.model, nnx.Param)), jax.tree.leaves(nnx.state(original.model, nnx.Param))
+    ):
+        np.testing.assert_array_equal(a, b)
+    from digitjax import metrics
+
+    drawn = [r for r in metrics.read(tmp_path / "tuned") if r["split"] == "drawings"]
+    report = evaluate.drawings_report(tuned, str(store))
+    assert report["count"] == 12 and drawn and drawn[-1]["accuracy"] == report["accuracy"]
