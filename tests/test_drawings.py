@@ -126,6 +126,7 @@ def test_a_labelled_drawing_is_stored_with_what_the_model_answered(app, digits):
     assert stats["count"] == 1 and stats["by_label"]["7"] == 1 and stats["accuracy"] == float(answer["label"] == 7)
     assert client.delete(f"/api/drawings/{stored['id']}").json == {"deleted": stored["id"]}
     assert client.delete(f"/api/drawings/{stored['id']}").status_code == 404
+    assert client.delete(f"/api/drawings/{2**70}").status_code == 404
     assert client.get("/api/drawings/stats").json["count"] == 0
 
 

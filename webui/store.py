@@ -120,6 +120,6 @@ def stats():
 
 @bp.delete("/api/drawings/<int:drawing_id>")
 def remove(drawing_id: int):
-    if not drawings.delete(connection(), drawing_id):
+    if drawing_id >= 2**63 or not drawings.delete(connection(), drawing_id):  # past SQLite's integers: none
         raise BadInput(f"No drawing {drawing_id} in the store.", 404)
     return jsonify(deleted=drawing_id)
