@@ -400,6 +400,8 @@ def test_run_page_shows_the_report_and_a_mistake_opens_in_the_canvas(server, bro
             "return document.querySelector('.chart polyline[data-split=\"test\"]').getAttribute('points')"
         )
         assert len(points.split()) >= 1
+        problems = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not problems, f"the run page runs clean under its CSP: {problems}"
         mistakes = browser.find_elements("css selector", ".mistakes a")
         assert len(mistakes) == 96
         first = mistakes[0].get_attribute("title")  # "test digit #I: labelled L, answered P (C%)"
