@@ -149,6 +149,8 @@ async function load(section) {
   showConfusion(section, info.report.confusion_matrix);
   showPerDigit(section, info.report.per_class_accuracy);
   showMistakes(section, name, info.mistakes);
+  const shown = info.mistakes.length, all = info.report.test_errors;
+  section.querySelector(".mistakes-count").textContent = shown < all ? `(the ${shown} most confident of ${all})` : `(all ${all})`;
 }
 
 document.querySelectorAll("section.run").forEach(load);
