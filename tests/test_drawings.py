@@ -91,10 +91,11 @@ def test_concurrent_writers_each_row_once(tmp_path):
         assert label == stored[i] % 10
 
 
-@pytest.fixture
-def app(synthetic_checkpoints, tmp_path):
+@pytest.fixture(scope="module")
+def app(synthetic_checkpoints, tmp_path_factory):
+    """The app with an empty store; each test leaves it empty."""
     config = {"CHECKPOINTS_DIR": str(synthetic_checkpoints), "WORKDIR": None, "NEIGHBOURS": 0}
-    return create_app(config | {"DRAWINGS_DB": str(tmp_path / "drawings.sqlite")})
+    return create_app(config | {"DRAWINGS_DB": str(tmp_path_factory.mktemp("store") / "drawings.sqlite")})
 
 
 def png_data_url(array: np.ndarray, fmt: str = "PNG") -> str:
@@ -154,6 +155,7 @@ def test_bad_drawings_are_a_4xx_and_nothing_is_stored(app, digits):
     assert client.get("/api/drawings/stats").json["count"] == 0
 
 
+@pytest.mark.slow  # trains: a compile of the whole train step
 def test_fine_tuning_starts_from_the_run_and_evaluates_the_drawings(
     synthetic_checkpoints, synthetic_tfds, digits, tmp_path
 ):
