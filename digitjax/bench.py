@@ -187,15 +187,56 @@ def cpu_isa() -> dict:
     }
 
 
+def with_frequent_evals(config, per_epoch: int = 10) -> ml_collections.ConfigDict:
+    """`config` evaluated `per_epoch` times an epoch, unless it sets its own `eval_every_steps`:
+    epoch ends alone cannot show when a run of an epoch or two crosses 99%."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if not config.get("eval_every_steps"):
+        num_train = config.train_size or 60000 - config.validation_size
+        config.eval_every_steps = max(1, num_train // config.batch_size // per_epoch)
+    return config
+
+
+def machine() -> str:
+    """The CPU model, its cores and the ISA caps in force, or the accelerator: a result's context."""
+    if jax.default_backend() != "cpu":
+        return f"{jax.device_count()}x {jax.devices()[0].device_kind}"
+    model = "unknown CPU"
+    with contextlib.suppress(OSError, StopIteration):
+        model = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("model name")).split(":", 1)[1].strip()
+    isa = cpu_isa()
+    family = "AVX-512" if isa["avx512f"] else "AVX2" if isa["avx2"] else "no AVX2"
+    capped = "AVX2" in f"{isa['ONEDNN_MAX_CPU_ISA']} {isa['XLA_FLAGS']}".upper() and isa["avx512f"]
+    return f"{model}, {os.cpu_count()} cores, {family}" + (" capped to AVX2" if capped else "")
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat's `cpu` line: user ... steal), [] where unreadable."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        return [int(v) for v in next(ln for ln in open("/proc/stat") if ln.startswith("cpu ")).split()[1:9]]
+    return []
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """The share of CPU time the hypervisor took between two `cpu_times()`: on a shared virtual
+    machine the same run's seconds move with it, so results carry it."""
+    if not before or not after or sum(after) == sum(before):
+        return None
+    return (after[7] - before[7]) / (sum(after) - sum(before))
+
+
 def time_to_accuracy(config) -> dict:
-    """Trains the recipe on MNIST (a temporary workdir) with the trainer itself; training seconds
-    (compiling and evaluating excluded) to each of metrics.TARGETS, from the per-epoch evaluations."""
+    """Trains the recipe on MNIST (a temporary workdir) with the trainer itself, evaluating it a
+    tenth of an epoch apart (`with_frequent_evals`); training seconds (compiling and evaluating
+    excluded) to each of metrics.TARGETS."""
     import tempfile
     from pathlib import Path
 
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)
+    config = with_frequent_evals(config)
+    before = cpu_times()
     with tempfile.TemporaryDirectory() as workdir:
         result = trainer.train_and_evaluate(config, Path(workdir))
         records = metrics.read(workdir)
@@ -203,6 +244,10 @@ def time_to_accuracy(config) -> dict:
         "final_test_accuracy": result["test_accuracy"],
         "train_seconds": result["train_seconds"],
         "train_compile_s": result["compile_seconds"],
+        "eval_every_steps": config.eval_every_steps,
+        "evaluations": sum(r["split"] == "test" for r in records),
+        "machine": machine(),
+        "cpu_steal": steal_share(before, cpu_times()),
     } | {f"seconds_to_{t:.1%}": metrics.time_to(records, t) for t in metrics.TARGETS}
 
 
@@ -293,8 +338,12 @@ def print_table(results: list[dict]) -> None:
     if "final_test_accuracy" in r:
         reached = {t: r[f"seconds_to_{t:.1%}"] for t in metrics.TARGETS}
         print(
-            f"trained on MNIST: test accuracy {r['final_test_accuracy']:.2%} after {r['train_seconds']:.1f} s; "
+            f"trained on MNIST: test accuracy {r['final_test_accuracy']:.2%} after {r['train_seconds']:.1f} s of "
+            f"training ({r['train_compile_s']:.1f} s compiling apart); tested every {r['eval_every_steps']} steps, "
+            f"{r['evaluations']} times: "
             + "; ".join(f"{t:.1%} after {'(not reached)' if s is None else f'{s:.1f} s'}" for t, s in reached.items())
+            + f"; on {r['machine']}"
+            + ("" if r["cpu_steal"] is None else f", {r['cpu_steal']:.0%} of the CPU time stolen by the hypervisor")
         )
 
 

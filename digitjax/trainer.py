@@ -380,7 +380,7 @@ def _dispatch(run: Run) -> jax.Array:
     if run.batches.order_SxB is None or step % per_epoch == 0:
         order_SxB = data.epoch_order(run.data_key, step // per_epoch, run.num_train, c.batch_size)
         run.batches = run.batches._replace(order_SxB=order_SxB)
-    periods = (c.log_every_steps, c.checkpoint_every_steps, per_epoch)
+    periods = (c.log_every_steps, c.checkpoint_every_steps, per_epoch, _eval_every(c) or per_epoch)
     ends = [step + p - step % p for p in periods] + [run.total_steps, step + c.steps_per_dispatch]
     until = min(ends + run.trace.boundaries(step))
     run.trace.before_dispatch(step)
@@ -399,21 +399,29 @@ def _after_dispatch(run: Run) -> dict | None:
     end_of_epoch = step % run.steps_per_epoch == 0
     log_now = end_of_epoch or step % c.log_every_steps == 0
     save_now = end_of_epoch or step % c.checkpoint_every_steps == 0
-    if not (log_now or save_now):
+    eval_now = end_of_epoch or (_eval_every(c) and step % _eval_every(c) == 0)
+    if not (log_now or save_now or eval_now):
         return None
     run.clock.stop(run.state)  # a sync point anyway: stop the training clock here
     result = None
     if log_now:
         _log_train(run)
-    if end_of_epoch:
+    if eval_now:
         result = _evaluate(run)
+    if end_of_epoch:
         _save(run, result)
     elif save_now:
         _save(run)
+    if not end_of_epoch:
+        result = None  # the loop returns the last epoch end's evaluation
     if log_now:
         run.log_start = (time.perf_counter(), step)
     run.clock.restart()
     return result
+
+
+def _eval_every(config: ml_collections.ConfigDict) -> int:
+    return config.get("eval_every_steps", 0)  # configs written before the field: epoch ends only
 
 
 def _log_train(run: Run) -> None:
@@ -435,6 +443,9 @@ def _evaluate(run: Run) -> dict:
     """Evaluates the test split (and the validation split) at the current step, and says so."""
     step, seconds = run.step, run.clock.seconds
     result = {"step": step, "epoch": step // run.steps_per_epoch, "train_seconds": seconds}
+    where = f"epoch {step / run.steps_per_epoch:.3g}/{run.config.num_epochs}" + (
+        f" (step {step}, {seconds:.1f} s of training)" if step % run.steps_per_epoch else ""
+    )
     tta = bool(run.config.get("test_time_shifts"))
     for name, (batches, n) in run.evaluations.items():
         ev = evaluate.evaluate_arrays(run.state.evaluated, batches, n, tta)
@@ -445,7 +456,7 @@ def _evaluate(run: Run) -> dict:
             result["test_predictions"] = evaluate.predictions_string(ev["logits_NxC"])
     run.state.model.train()
     val = f", validation {result['val_accuracy']:.4%}" if "val_accuracy" in result else ""
-    run.say(f"epoch {result['epoch']}/{run.config.num_epochs}: test accuracy {result['test_accuracy']:.4%}{val}")
+    run.say(f"{where}: test accuracy {result['test_accuracy']:.4%}{val}")
     return result
 
 

@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.conv = "auto"  # auto | xla | onednn | winograd | shifted (digitjax/conv.py); auto's choice is logged
     c.batch_size = 128  # images per optimizer step
     c.num_epochs = 5  # passes over the training images
-    c.optimizer = "adam"  # adam | adamw | adadelta | sgd (Nesterov momentum 0.9)
+    c.optimizer = "adam"  # adam | adamw | adadelta | sgd (Nesterov momentum 0.9) | muon
     c.learning_rate = 3e-3  # the schedule's peak
     c.lr_schedule = "onecycle"  # constant | onecycle | cosine (linear warm-up, cosine decay)
     c.warmup_fraction = 0.25  # share of all steps spent rising to the peak
@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment_elastic_px = 0.0  # random smooth elastic displacement, up to +- pixels
     c.ema_decay = 0.0  # evaluate, checkpoint and serve an average of the weights (e.g. 0.999); 0 for none
     c.test_time_shifts = False  # evaluate on the mean of the image and its four 1-pixel shifts
+    c.eval_every_steps = 0  # steps between test evaluations besides every epoch end's (time to accuracy); 0 for none
     c.eval_batch_size = 1000  # images per evaluation batch; the last one is padded, never dropped
     c.steps_per_dispatch = 25  # optimizer steps per jitted call; signals are noticed between calls
     c.log_every_steps = 100  # steps between training-metric records (the only host syncs)

@@ -32,6 +32,18 @@ ZOO_LAYERS = {
         ("pool2", "maps", (7, 7, 24), False),
         ("dense1", "units", (128,), False),
     ],
+    "s2d": [
+        ("conv1", "maps", (14, 14, 16), True),
+        ("pool1", "maps", (7, 7, 16), False),
+        ("conv2", "maps", (7, 7, 32), True),
+        ("dense1", "units", (128,), False),
+    ],
+    "s2d_wide": [
+        ("conv1", "maps", (14, 14, 32), True),
+        ("pool1", "maps", (7, 7, 32), False),
+        ("conv2", "maps", (7, 7, 64), True),
+        ("dense1", "units", (128,), False),
+    ],
     "deep": [
         ("conv1", "maps", (28, 28, 32), True),
         ("conv2", "maps", (28, 28, 32), True),

@@ -13,7 +13,9 @@ def n_params(m) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
 
 
-@pytest.mark.parametrize("name, params", [("seed", 2_380_938), ("fast", None), ("small", None), ("deep", None)])
+@pytest.mark.parametrize(
+    "name, params", [("seed", 2_380_938), ("fast", None), ("small", None), ("deep", None), ("s2d", None)]
+)
 def test_zoo_shapes_and_sizes(name, params):
     m = model_lib.create(name, seed=0)
     m.eval()
@@ -32,6 +34,16 @@ def test_the_zoo_orders_by_cost():
         return fn.lower(state, jnp.zeros((1, 28, 28, 1))).compile().cost_analysis()["flops"]
 
     assert flops("small") < flops("fast") / 4 < flops("seed") / 8 < flops("deep") / 8
+    assert flops("s2d") < flops("fast") / 2
+
+
+def test_space_to_depth_keeps_every_pixel_once():
+    x = jnp.arange(2 * 4 * 6 * 3).reshape(2, 4, 6, 3)
+    y = model_lib.space_to_depth(x)
+    assert y.shape == (2, 2, 3, 12)
+    # Position (i, j) holds the 2x2 block at (2i, 2j), row by row, each pixel's channels together.
+    np.testing.assert_array_equal(y[1, 1, 2].reshape(2, 2, 3), x[1, 2:4, 4:6])
+    assert sorted(np.asarray(y).ravel()) == sorted(np.asarray(x).ravel())
 
 
 def test_init_is_seeded():
@@ -59,7 +71,7 @@ def test_to_input_scales_pixels():
 
 
 def test_unknown_model_is_a_user_error():
-    with pytest.raises(UserError, match="one of \\['deep', 'fast', 'seed', 'small'\\]"):
+    with pytest.raises(UserError, match="one of \\['deep', 'fast', 's2d', 's2d_wide', 'seed', 'small'\\]"):
         model_lib.create("resnet", seed=0)
 
 

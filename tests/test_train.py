@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from digitjax import augment, checkpoint, data, metrics, optim, trainer
+from digitjax import augment, bench, checkpoint, data, metrics, optim, trainer
 from digitjax import model as model_lib
 from digitjax.errors import UserError
 from digitjax.train import EXPERIMENTS
-from experiments import best, custom_model, default, fast, seed, smoke
+from experiments import best, custom_model, default, fast, fast995, seed, smoke
 
 
-@pytest.mark.parametrize("module", [default, fast, seed, smoke, best, custom_model])
+@pytest.mark.parametrize("module", [default, fast, fast995, seed, smoke, best, custom_model])
 def test_configs_build_an_optimizer_and_their_model(module):
     config = module.get_config()
     tx, schedule = optim.make_optimizer(config, total_steps=100)
@@ -114,6 +114,32 @@ def test_run_on_synthetic_digits_learns_logs_and_checkpoints(synthetic_checkpoin
     assert restored.meta["conv_routes"]["train"].keys() == {"conv1", "conv2"}
 
 
+def test_a_run_tests_between_epoch_ends_when_its_config_asks(synthetic_tfds, tmp_path):
+    """eval_every_steps: test records mid-epoch (where a short run crosses 99%), on the training
+    clock, which stops while testing; checkpoints and the returned result stay at epoch ends."""
+    config = fast.get_config()
+    config.train_size, config.batch_size, config.num_epochs, config.eval_every_steps = 512, 64, 2, 3
+    config.test_time_shifts = False
+    result = trainer.train_and_evaluate(config, tmp_path / "run", str(synthetic_tfds), mnist_dir="/nonexistent")
+    tests = [r for r in metrics.read(tmp_path / "run") if r["split"] == "test"]
+    assert [r["step"] for r in tests] == [3, 6, 8, 9, 12, 15, 16]  # 8 steps an epoch
+    seconds = [r["train_seconds"] for r in tests]
+    assert 0 < seconds[0] and seconds == sorted(seconds) and len(set(seconds)) == len(seconds)
+    assert result["step"] == 16 and result["test_accuracy"] == tests[-1]["accuracy"]
+    assert set(checkpoint.steps(tmp_path / "run")[0]) == {8, 16}
+    first_crossing = next(r for r in tests if r["accuracy"] >= 0.5)
+    assert metrics.time_to(metrics.read(tmp_path / "run"), 0.5) == first_crossing["train_seconds"]
+
+
+def test_frequent_evals_are_a_tenth_of_an_epoch_unless_the_config_says():
+    config = fast.get_config()  # 60,000 images, batch 128: 468 steps an epoch
+    assert bench.with_frequent_evals(config).eval_every_steps == 46
+    assert config.eval_every_steps == 0  # the caller's config is left as it was
+    assert bench.with_frequent_evals(fast995.get_config()).eval_every_steps == fast995.get_config().eval_every_steps
+    config.train_size, config.batch_size = 640, 64
+    assert bench.with_frequent_evals(config).eval_every_steps == 1
+
+
 def test_a_model_defined_outside_digitjax_trains_from_its_config(synthetic_tfds, digits, tmp_path):
     """experiments/custom_model.py: a model that is not in the zoo, named `module:Name` by its config."""
     config = custom_model.get_config()
@@ -132,6 +158,29 @@ def test_a_model_that_does_not_import_is_a_user_error():
         model_lib.create("experiments.nowhere:Net", 0)
     with pytest.raises(UserError, match="Unknown model 'resnet'.*package.module:Name"):
         model_lib.create("resnet", 0)
+
+
+@pytest.mark.slow
+def test_bench_accuracy_prints_the_time_to_each_target_of_a_recipe():
+    """`bench --accuracy` on real MNIST, cut short: the 99.5% recipe's step (augmentation, weight
+    average) trains, is tested a tenth of an epoch apart, and the crossings are printed."""
+    overrides = ["--config.train_size=2560", "--config.num_epochs=1", "--config.eval_every_steps=0"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "digitjax.bench", "--config", "experiments/fast995.py", "--smoke", "--accuracy"]
+        + overrides
+        + ["--config.test_time_shifts=False"],
+        cwd=EXPERIMENTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert row["eval_every_steps"] == 2 and row["evaluations"] == 10  # 20 steps
+    assert 0.5 < row["final_test_accuracy"] < 0.99 and row["seconds_to_99.0%"] is None
+    assert 0 < row["train_seconds"] and 0 < row["train_compile_s"]
+    assert "tested every 2 steps, 10 times: 99.0% after (not reached)" in proc.stdout
+    assert row["machine"] in proc.stdout and "cores" in row["machine"]
 
 
 @pytest.mark.slow
