@@ -399,25 +399,20 @@ def _after_dispatch(run: Run) -> dict | None:
     end_of_epoch = step % run.steps_per_epoch == 0
     log_now = end_of_epoch or step % c.log_every_steps == 0
     save_now = end_of_epoch or step % c.checkpoint_every_steps == 0
-    eval_now = end_of_epoch or (_eval_every(c) and step % _eval_every(c) == 0)
+    every = _eval_every(c)
+    eval_now = end_of_epoch or (every and step % every == 0)
     if not (log_now or save_now or eval_now):
         return None
     run.clock.stop(run.state)  # a sync point anyway: stop the training clock here
-    result = None
     if log_now:
         _log_train(run)
-    if eval_now:
-        result = _evaluate(run)
-    if end_of_epoch:
-        _save(run, result)
-    elif save_now:
-        _save(run)
-    if not end_of_epoch:
-        result = None  # the loop returns the last epoch end's evaluation
+    evaluation = _evaluate(run) if eval_now else None
+    if save_now:
+        _save(run, evaluation if end_of_epoch else None)
     if log_now:
         run.log_start = (time.perf_counter(), step)
     run.clock.restart()
-    return result
+    return evaluation if end_of_epoch else None  # the loop returns the last epoch end's evaluation
 
 
 def _eval_every(config: ml_collections.ConfigDict) -> int:

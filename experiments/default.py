@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.conv = "auto"  # auto | xla | onednn | winograd | shifted (digitjax/conv.py); auto's choice is logged
     c.batch_size = 128  # images per optimizer step
     c.num_epochs = 5  # passes over the training images
-    c.optimizer = "adam"  # adam | adamw | adadelta | sgd (Nesterov momentum 0.9) | muon
+    c.optimizer = "adam"  # adam | adamw | adadelta | sgd (Nesterov momentum 0.9)
     c.learning_rate = 3e-3  # the schedule's peak
     c.lr_schedule = "onecycle"  # constant | onecycle | cosine (linear warm-up, cosine decay)
     c.warmup_fraction = 0.25  # share of all steps spent rising to the peak
