@@ -69,7 +69,7 @@ def synthetic_run(config, n: int = 60000) -> tuple[trainer.TrainState, trainer.B
     rng = np.random.default_rng(0)
     images, labels = jax.device_put((rng.integers(0, 256, (n, 28, 28), np.uint8), rng.integers(0, 10, n, np.int32)))
     steps_per_epoch = n // config.batch_size
-    state, _ = trainer.create_train_state(config, steps_per_epoch * config.num_epochs)
+    state, _ = trainer.create_train_state(config, steps_per_epoch * config.num_epochs, images)
     order = jnp.arange(steps_per_epoch * config.batch_size).reshape(steps_per_epoch, config.batch_size)
     state.model.train()
     return state, trainer.Batches(images, labels, order), trainer.Options.from_config(config)

@@ -100,8 +100,12 @@ class SpaceToDepth(nnx.Module):
         self.dense1 = nnx.Linear(7 * 7 * w2, 128, rngs=rngs)
         self.dense2 = nnx.Linear(128, NUM_CLASSES, rngs=rngs)
 
+    def conv1_input(self, x_BxHxWx1: jax.Array) -> jax.Array:
+        """What conv1 convolves (digitjax/whitening.py derives its filters from it)."""
+        return space_to_depth(x_BxHxWx1)
+
     def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = space_to_depth(x_BxHxWx1)
+        x = self.conv1_input(x_BxHxWx1)
         x = layers.show("conv1", nnx.relu(self.bn1(self.conv1(x))), self.conv1.kernel)
         x = layers.show("pool1", max_pool_2x2(x))
         x = layers.show("conv2", nnx.relu(self.bn2(self.conv2(x))), self.conv2.kernel)

@@ -20,8 +20,8 @@ def make_optimizer(
         ),
     }
     optimizers = {
-        "adam": lambda lr: optax.adam(lr),
-        "adamw": lambda lr: optax.adamw(lr, weight_decay=config.weight_decay),
+        "adam": lambda lr: optax.adam(lr, b2=config.get("adam_b2", 0.999)),
+        "adamw": lambda lr: optax.adamw(lr, b2=config.get("adam_b2", 0.999), weight_decay=config.weight_decay),
         # Keras's rho and epsilon: the seed recipe (lr 1.0) was tuned with them.
         "adadelta": lambda lr: optax.adadelta(lr, rho=0.95, eps=1e-7),
         "sgd": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),

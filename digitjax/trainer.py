@@ -25,7 +25,7 @@ from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
-from digitjax import augment, conv, data, evaluate, onednn, optim, parallel, preemption, profiling
+from digitjax import augment, conv, data, evaluate, onednn, optim, parallel, preemption, profiling, whitening
 from digitjax import checkpoint as checkpoint_lib
 from digitjax import metrics as metrics_lib
 from digitjax import model as model_lib
@@ -57,11 +57,13 @@ class Options:
     aug: augment.Augment | None = None  # random maps of the training images; None for none
     ema_decay: float = 0.0  # decay of the weight average in TrainState.ema; 0 when there is none
     batch_sharding: jax.sharding.NamedSharding | None = None  # splits each batch over a mesh
+    label_smoothing: float = 0.0  # share of each target spread evenly over the classes
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Options:
         split = parallel.split() if jax.device_count() > 1 else None
-        return cls(augment.Augment.from_config(config), config.get("ema_decay", 0.0), split)
+        aug = augment.Augment.from_config(config)
+        return cls(aug, config.get("ema_decay", 0.0), split, config.get("label_smoothing", 0.0))
 
 
 class Batches(NamedTuple):
@@ -72,10 +74,11 @@ class Batches(NamedTuple):
     order_SxB: jax.Array  # example indices of each step's batch (data.epoch_order)
 
 
-def loss_fn(model: nnx.Module, x_BxHxWx1: jax.Array, labels_B: jax.Array, key: jax.Array):
-    """The training loss and the logits it came from."""
+def loss_fn(model: nnx.Module, x_BxHxWx1: jax.Array, labels_B: jax.Array, key: jax.Array, smoothing: float = 0.0):
+    """The training loss (cross-entropy against labels smoothed by `smoothing`) and its logits."""
     logits_BxC = model(x_BxHxWx1, rngs=nnx.Rngs(dropout=key))
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B).mean(), logits_BxC
+    targets_BxC = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BxC.shape[-1]), smoothing)
+    return optax.softmax_cross_entropy(logits_BxC, targets_BxC).mean(), logits_BxC
 
 
 def _apply_step(state: TrainState, batches: Batches, index: jax.Array, key: jax.Array, options: Options) -> None:
@@ -93,7 +96,7 @@ def _apply_step(state: TrainState, batches: Batches, index: jax.Array, key: jax.
     if options.aug is not None:
         x_BxHxWx1 = augment.random_maps(jax.random.fold_in(step_key, AUGMENT_STREAM), options.aug, x_BxHxWx1)
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, logits_BxC), grads = grad_fn(state.model, x_BxHxWx1, labels_B, step_key)
+    (loss, logits_BxC), grads = grad_fn(state.model, x_BxHxWx1, labels_B, step_key, options.label_smoothing)
     state.optimizer.update(state.model, grads)
     state.metrics.update(loss=loss, logits=logits_BxC, labels=labels_B)
     if state.ema is not None:
@@ -148,10 +151,18 @@ def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
     return model_lib.create(config.model, config.seed, conv=conv_route(config))
 
 
-def create_train_state(config: ml_collections.ConfigDict, total_steps: int) -> tuple[TrainState, optax.Schedule]:
-    """A fresh state of the config's recipe, replicated over the devices, and its learning-rate schedule."""
+def create_train_state(
+    config: ml_collections.ConfigDict, total_steps: int, images_NxHxW: jax.Array | None = None
+) -> tuple[TrainState, optax.Schedule]:
+    """A fresh state of the config's recipe, replicated over the devices, and its learning-rate
+    schedule. `images_NxHxW` (the training images) set a whitened conv1; without them it stays
+    random until a checkpoint is restored into it."""
     model = create_model(config)
     tx, schedule = optim.make_optimizer(config, total_steps)
+    if config.get("whiten_conv1", False):
+        if images_NxHxW is not None:
+            whitening.whiten_conv1(model, images_NxHxW)
+        tx = whitening.frozen_conv1(tx)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
     nnx.update((model, optimizer, metrics), parallel.put(nnx.state((model, optimizer, metrics)), parallel.replicated()))
@@ -280,9 +291,14 @@ def start(config: ml_collections.ConfigDict, workdir: epath.Path, data_dir: str 
             f"run; pick a multiple of {jax.device_count()} (--config.batch_size=...)."
         )
     say = tqdm.write if parallel.is_main() else lambda *args, **kwargs: None  # one process speaks for all
-    batches, num_train, evaluations = _put_data(config, data_dir, mnist_dir)
-    state, schedule = create_train_state(config, config.num_epochs * (num_train // config.batch_size))
+    batches, train_images_NxHxW, evaluations = _put_data(config, data_dir, mnist_dir)
+    num_train = len(train_images_NxHxW)
+    state, schedule = create_train_state(
+        config, config.num_epochs * (num_train // config.batch_size), train_images_NxHxW
+    )
     routes = conv_routes(state.model, config, say)  # before anything is written: a route may be refused
+    if config.get("whiten_conv1", False):
+        say(f"conv1: whitened from the first {whitening.NUM_IMAGES:,} training images and frozen (whiten_conv1).")
     ckpts = checkpoint_lib.RunCheckpoints(workdir, config)
     meta = {
         "model": config.model,
@@ -340,7 +356,8 @@ def _init_from(run: Run) -> None:
 
 
 def _put_data(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir: str | None):
-    """The training split on the devices (`Batches` without an order yet), its size, and the evaluated splits."""
+    """The training split on the devices (`Batches` without an order yet) and its images on the
+    host, and the evaluated splits."""
     train, evaluated = data.splits(config, data_dir, mnist_dir)
     sharding = parallel.split() if config.eval_batch_size % jax.device_count() == 0 else parallel.replicated()
     evaluations = {
@@ -350,7 +367,7 @@ def _put_data(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir
     # The training set lives on the devices, split along its first axis (padded to split evenly;
     # the padding is never drawn). Each step gathers its batch from the shards, split over the mesh.
     images, labels = parallel.put(parallel.pad_to_split((train.images_NxHxW, train.labels_N)), parallel.split())
-    return Batches(images, labels, None), len(train.labels_N), evaluations
+    return Batches(images, labels, None), train.images_NxHxW, evaluations
 
 
 def _loop(run: Run, stop: preemption.StopRequest) -> dict:

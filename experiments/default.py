@@ -22,12 +22,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.lr_schedule = "onecycle"  # constant | onecycle | cosine (linear warm-up, cosine decay)
     c.warmup_fraction = 0.25  # share of all steps spent rising to the peak
     c.weight_decay = 0.0  # only used by adamw
+    c.adam_b2 = 0.999  # adam(w)'s decay of squared gradients; 0.99 follows them faster in runs of a few hundred steps
     c.validation_size = 5000  # training images held out to pick the best checkpoint; 0 for none
     c.train_size = 0  # train on only the first N of the remaining images (quick runs); 0 for all
     c.augment_rotate_deg = 0.0  # random rotation of each training image, +- degrees; 0 for none
     c.augment_scale = 0.0  # random zoom, +- this fraction
     c.augment_shift_px = 0.0  # random translation, +- pixels in each direction
     c.augment_elastic_px = 0.0  # random smooth elastic displacement, up to +- pixels
+    c.label_smoothing = 0.0  # share of each training target spread evenly over the 10 classes; 0 for one-hot
+    c.whiten_conv1 = (
+        False  # conv1 frozen at the training patches' whitened principal directions (digitjax/whitening.py)
+    )
     c.ema_decay = 0.0  # evaluate, checkpoint and serve an average of the weights (e.g. 0.999); 0 for none
     c.test_time_shifts = False  # evaluate on the mean of the image and its four 1-pixel shifts
     c.eval_every_steps = 0  # steps between test evaluations besides every epoch end's (time to accuracy); 0 for none

@@ -5,6 +5,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -30,6 +31,28 @@ def test_seed_recipe_is_the_keras_one():
     config = seed.get_config()
     recipe = (config.model, config.optimizer, config.learning_rate, config.batch_size, config.num_epochs)
     assert recipe == ("seed", "adadelta", 1.0, 128, 10)
+
+
+def _last_update(tx: optax.GradientTransformation) -> jax.Array:
+    params, state = {"w": jnp.ones(3)}, None
+    state = tx.init(params)
+    for g in [10.0] + [0.1] * 100:  # b2 sets how soon the first, large gradient is forgotten
+        update, state = tx.update({"w": jnp.array([g, 2 * g, 0.0])}, state, params)
+    return update["w"]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_b2_is_the_configs(name):
+    config = fast.get_config()
+    config.optimizer, config.lr_schedule = name, "constant"
+    update = _last_update(optim.make_optimizer(config, 10)[0])
+    if name == "adam":
+        reference = optax.adam(config.learning_rate, b2=config.adam_b2)
+    else:
+        reference = optax.adamw(config.learning_rate, b2=config.adam_b2, weight_decay=config.weight_decay)
+    np.testing.assert_allclose(update, _last_update(reference), rtol=1e-6)
+    config.adam_b2 = 0.999
+    assert not np.allclose(update, _last_update(optim.make_optimizer(config, 10)[0]), rtol=0.05)
 
 
 def test_unknown_optimizer_is_a_user_error():
