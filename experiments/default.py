@@ -30,9 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment_shift_px = 0.0  # random translation, +- pixels in each direction
     c.augment_elastic_px = 0.0  # random smooth elastic displacement, up to +- pixels
     c.label_smoothing = 0.0  # share of each training target spread evenly over the 10 classes; 0 for one-hot
-    c.whiten_conv1 = (
-        False  # conv1 frozen at the training patches' whitened principal directions (digitjax/whitening.py)
-    )
+    c.whiten_conv1 = False  # conv1 frozen at the training patches' whitened principal directions (whitening.py)
     c.ema_decay = 0.0  # evaluate, checkpoint and serve an average of the weights (e.g. 0.999); 0 for none
     c.test_time_shifts = False  # evaluate on the mean of the image and its four 1-pixel shifts
     c.eval_every_steps = 0  # steps between test evaluations besides every epoch end's (time to accuracy); 0 for none
