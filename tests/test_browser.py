@@ -274,7 +274,7 @@ def _load_test_digit(driver, base: str, run: str, index: int) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["seed", "fast", "small", "deep", "s2d"])
+@pytest.mark.parametrize("name", ["seed", "fast", "small", "deep", "s2d", "s2d24"])
 def test_the_pages_feature_maps_are_the_models_own(zoo, browser, name):
     """For a test digit loaded into the canvas, every feature map the page draws equals the model's
     own intermediate value (to the page's 8-bit grey levels), and the strongest units are its."""

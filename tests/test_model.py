@@ -14,7 +14,8 @@ def n_params(m) -> int:
 
 
 @pytest.mark.parametrize(
-    "name, params", [("seed", 2_380_938), ("fast", None), ("small", None), ("deep", None), ("s2d", None)]
+    "name, params",
+    [("seed", 2_380_938), ("fast", None), ("small", None), ("deep", None), ("s2d", None), ("s2d24", None)],
 )
 def test_zoo_shapes_and_sizes(name, params):
     m = model_lib.create(name, seed=0)
@@ -35,6 +36,16 @@ def test_the_zoo_orders_by_cost():
 
     assert flops("small") < flops("fast") / 4 < flops("seed") / 8 < flops("deep") / 8
     assert flops("s2d") < flops("fast") / 2
+    assert flops("s2d24") < flops("s2d")  # 12x12 positions for 14x14, at 24 channels for 16
+
+
+def test_s2d24_sees_only_the_central_24x24_pixels():
+    m = model_lib.create("s2d24", seed=0, conv="xla")
+    m.eval()
+    x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+    frame = jnp.ones((28, 28, 1), bool).at[2:26, 2:26].set(False)
+    np.testing.assert_array_equal(m(x), m(jnp.where(frame, 1.0 - x, x)))
+    assert not np.allclose(m(x), m(x.at[:, 2, 2].add(1.0)))
 
 
 def test_space_to_depth_keeps_every_pixel_once():
@@ -71,7 +82,7 @@ def test_to_input_scales_pixels():
 
 
 def test_unknown_model_is_a_user_error():
-    with pytest.raises(UserError, match="one of \\['deep', 'fast', 's2d', 's2d_wide', 'seed', 'small'\\]"):
+    with pytest.raises(UserError, match="one of \\['deep', 'fast', 's2d', 's2d24', 's2d_wide', 'seed', 'small'\\]"):
         model_lib.create("resnet", seed=0)
 
 
