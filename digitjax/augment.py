@@ -32,27 +32,46 @@ class Augment:
 ELASTIC_GRID = 4  # control points per side of the elastic displacement; coarse means smooth
 
 
-def random_maps(key: jax.Array, aug: Augment, x_BxHxWx1: jax.Array) -> jax.Array:
-    """Each image of the batch through its own random map; pixels from outside are 0 (no ink)."""
-    b, h, w, _ = x_BxHxWx1.shape
-    k_rot, k_scale, k_shift, k_elastic = jax.random.split(key, 4)
+def random_affines(key: jax.Array, aug: Augment, b: int, h: int, w: int) -> jax.Array:
+    """Each image's inverse map (output pixel -> where in the source to sample) as a 2x3 matrix
+    over (y, x, 1): rotation and scale about the centre, then a shift."""
+    k_rot, k_scale, k_shift = jax.random.split(key, 3)
     angle_B = jax.random.uniform(k_rot, (b,), minval=-1, maxval=1) * jnp.deg2rad(aug.rotate_deg)
     scale_B = 1 + jax.random.uniform(k_scale, (b,), minval=-1, maxval=1) * aug.scale
     shift_Bx2 = jax.random.uniform(k_shift, (b, 2), minval=-1, maxval=1) * aug.shift_px
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    yy_HxW, xx_HxW = jnp.meshgrid(jnp.arange(h) - cy, jnp.arange(w) - cx, indexing="ij")
-    # The inverse map: for each output pixel, where in the source image to sample.
-    dy_BxHxW = yy_HxW - shift_Bx2[:, 0, None, None]
-    dx_BxHxW = xx_HxW - shift_Bx2[:, 1, None, None]
-    cos, sin, s = (v[:, None, None] for v in (jnp.cos(angle_B), jnp.sin(angle_B), scale_B))
-    src_y = (cos * dy_BxHxW + sin * dx_BxHxW) / s + cy
-    src_x = (-sin * dy_BxHxW + cos * dx_BxHxW) / s + cx
-    if aug.elastic_px:
-        grid = jax.random.uniform(k_elastic, (b, ELASTIC_GRID, ELASTIC_GRID, 2), minval=-1, maxval=1)
-        field_BxHxWx2 = jax.image.resize(grid * aug.elastic_px, (b, h, w, 2), "cubic")
-        src_y, src_x = src_y + field_BxHxWx2[..., 0], src_x + field_BxHxWx2[..., 1]
+    cos_B, sin_B = jnp.cos(angle_B) / scale_B, jnp.sin(angle_B) / scale_B
+    rot_Bx2x2 = jnp.stack([jnp.stack([cos_B, sin_B], -1), jnp.stack([-sin_B, cos_B], -1)], -2)
+    centre_2 = jnp.array([(h - 1) / 2, (w - 1) / 2])
+    offset_Bx2 = centre_2 - jnp.einsum("bij,bj->bi", rot_Bx2x2, centre_2 + shift_Bx2)
+    return jnp.concatenate([rot_Bx2x2, offset_Bx2[..., None]], -1)
+
+
+def source_coordinates(affine_Bx2x3: jax.Array, h: int, w: int) -> jax.Array:
+    """Where each output pixel samples its source, (y, x) by image: `affine_Bx2x3` applied to the
+    pixel grid."""
+    yy_HxW, xx_HxW = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    grid_3xP = jnp.stack([yy_HxW.ravel(), xx_HxW.ravel(), jnp.ones(h * w)])
+    # A matmul, not elementwise math: XLA fused the elementwise form (the draws, sin, cos) into
+    # each of map_coordinates' four gathers, recomputing it per pixel four times (the gathers
+    # took most of an augmented step; experiments/RESULTS.md); a dot's result is computed once.
+    return jnp.einsum("bkc,cp->bkp", affine_Bx2x3, grid_3xP).reshape(-1, 2, h, w)
+
+
+def bilinear(x_BxHxWx1: jax.Array, src_Bx2xHxW: jax.Array) -> jax.Array:
+    """Each image sampled at its source coordinates; pixels from outside are 0 (no ink)."""
     sample = jax.vmap(lambda img, y, x: map_coordinates(img, [y, x], order=1, mode="constant", cval=0.0))
-    return sample(x_BxHxWx1[..., 0], src_y, src_x)[..., None]
+    return sample(x_BxHxWx1[..., 0], src_Bx2xHxW[:, 0], src_Bx2xHxW[:, 1])[..., None]
+
+
+def random_maps(key: jax.Array, aug: Augment, x_BxHxWx1: jax.Array) -> jax.Array:
+    """Each image of the batch through its own random map."""
+    b, h, w, _ = x_BxHxWx1.shape
+    k_affine, k_elastic = jax.random.split(key)
+    src_Bx2xHxW = source_coordinates(random_affines(k_affine, aug, b, h, w), h, w)
+    if aug.elastic_px:
+        grid = jax.random.uniform(k_elastic, (b, 2, ELASTIC_GRID, ELASTIC_GRID), minval=-1, maxval=1)
+        src_Bx2xHxW = src_Bx2xHxW + jax.image.resize(grid * aug.elastic_px, (b, 2, h, w), "cubic")
+    return bilinear(x_BxHxWx1, src_Bx2xHxW)
 
 
 # Test-time views: the image and its four 1-pixel shifts.

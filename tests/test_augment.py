@@ -41,6 +41,23 @@ def test_maps_are_small_per_image_and_keep_the_digit(digits_Bx28x28x1):
     assert moved.min() > 0 and moved.std() > 0
 
 
+def test_each_image_moves_by_its_own_affine_map():
+    # A dot of ink at q lands where the inverse map sends back to q: p = R^-1 (q - offset).
+    aug = augment.Augment(rotate_deg=20, scale=0.2, shift_px=3)
+    affine_Bx2x3 = augment.random_affines(jax.random.key(3), aug, 8, 28, 28)
+    rot_Bx2x2, offset_Bx2 = affine_Bx2x3[..., :2], affine_Bx2x3[..., 2]
+    angle_B = np.degrees(np.arctan2(rot_Bx2x2[:, 0, 1], rot_Bx2x2[:, 0, 0]))
+    scale_B = 1 / np.hypot(rot_Bx2x2[:, 0, 0], rot_Bx2x2[:, 0, 1])
+    assert np.all(np.abs(angle_B) <= 20) and np.all(np.abs(scale_B - 1) <= 0.2) and angle_B.std() > 1
+    x = jnp.zeros((8, 28, 28, 1)).at[:, 9, 17].set(1.0)
+    out_Bx28x28 = augment.bilinear(x, augment.source_coordinates(affine_Bx2x3, 28, 28))[..., 0]
+    yy, xx = np.mgrid[:28, :28]
+    ink_B = out_Bx28x28.sum((1, 2))
+    centroid_Bx2 = np.stack([(out_Bx28x28 * yy).sum((1, 2)), (out_Bx28x28 * xx).sum((1, 2))], -1) / ink_B[:, None]
+    expected_Bx2 = np.linalg.solve(rot_Bx2x2, (np.array([9.0, 17.0]) - offset_Bx2)[..., None])[..., 0]
+    np.testing.assert_allclose(centroid_Bx2, expected_Bx2, atol=0.3)
+
+
 def test_from_config_is_none_without_augmentation():
     from experiments import best, default
 

@@ -83,7 +83,8 @@ def test_to_input_scales_pixels():
 
 def test_unknown_model_is_a_user_error():
     with pytest.raises(
-        UserError, match="one of \\['deep', 'fast', 's2d', 's2d24', 's2d24_wide', 's2d_wide', 'seed', 'small'\\]"
+        UserError,
+        match="one of \\['deep', 'fast', 's2d', 's2d24', 's2d24_wide', 's2d24_wider', 's2d_wide', 'seed', 'small'\\]",
     ):
         model_lib.create("resnet", seed=0)
 
