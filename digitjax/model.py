@@ -164,6 +164,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     # The least time to 99% on a CPU (experiments/fast.py, whitened): the central 24x24 pixels.
     "s2d24": functools.partial(SpaceToDepth, crop=2, widths=(24, 32), bn1_affine=False),
     "s2d_wide": functools.partial(SpaceToDepth, widths=(32, 64)),
+    # fast995.py's model until the wider one below; kept so that runs trained with it still restore.
     "s2d24_wide": functools.partial(SpaceToDepth, crop=2, widths=(32, 64), bn1_affine=False),
     # The least time to 99.5% on a CPU (experiments/fast995.py, whitened).
     "s2d24_wider": functools.partial(SpaceToDepth, crop=2, widths=(32, 96), bn1_affine=False),
