@@ -22,17 +22,24 @@ MNIST_FIXTURES |= {"uninterrupted"}
 
 
 def pytest_configure(config):
-    """Speed of the fast tier, not what it checks: its programs run once or a few times, so XLA's
-    compiling dominates, and without LLVM's optimizations (the same results, slower code) it
-    takes a third less time. Under pytest-xdist (-n 2) each worker runs XLA on one thread, so two
-    workers share two cores instead of contending for them."""
-    flags = []
+    """Speed of the tests, not what they check. The fast tier's programs run once or a few times,
+    so XLA's compiling dominates, and without LLVM's optimizations (the same results, slower code)
+    it takes a third less time. Under pytest-xdist (-n 2) each worker runs XLA's matmuls on one
+    thread, so two workers share two cores instead of contending for them; the programs the
+    tests start (training, serving) get the caller's flags and every core, as a user's would."""
+    flags = [os.environ.get("XLA_FLAGS", "")]
     if config.option.markexpr == "not slow":
         flags.append("--xla_backend_optimization_level=0")
+    inherited = " ".join(flags).strip()
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
-    if flags:  # read when JAX first makes its CPU backend: no test has run yet
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+        os.environ["XLA_FLAGS"] = f"{inherited} --xla_cpu_multi_thread_eigen=false".strip()
+        import jax
+
+        jax.devices()  # XLA reads its flags once, when it makes the backend: here, before any test
+    if inherited:
+        os.environ["XLA_FLAGS"] = inherited
+    else:
+        os.environ.pop("XLA_FLAGS", None)
 
 
 def pytest_collection_modifyitems(items):
