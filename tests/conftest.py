@@ -1,8 +1,8 @@
 """Shared fixtures: synthetic digits as TFDS `mnist` for the fast tier, and the real MNIST files,
 prepared once per session into a temporary TFDS dir, for the tests marked slow.
 
-    python -m pytest -m "not slow" -n 2   # the fast tier: no MNIST, under two minutes on 2 cores
-    python -m pytest                   # everything (CI), MNIST from $DIGITJAX_MNIST_DIR
+    python -m pytest -m "not slow" -n 2             # the fast tier: no MNIST
+    python -m pytest -n 2 --dist loadfile           # everything (CI), MNIST from $DIGITJAX_MNIST_DIR
 """
 
 import os
