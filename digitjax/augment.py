@@ -1,4 +1,4 @@
-"""Data augmentation inside the jitted step, and test-time shifts for evaluation.
+"""Data augmentation inside the jitted step, and the test-time views evaluation averages over.
 
 Each training image gets its own random affine map (rotation, scale, shift) and, optionally,
 a smooth elastic displacement, sampled bilinearly: the data never leaves the device and the
@@ -32,18 +32,23 @@ class Augment:
 ELASTIC_GRID = 4  # control points per side of the elastic displacement; coarse means smooth
 
 
-def random_affines(key: jax.Array, aug: Augment, b: int, h: int, w: int) -> jax.Array:
+def affine_maps(angle_B: jax.Array, zoom_B: jax.Array, shift_Bx2: jax.Array, h: int, w: int) -> jax.Array:
     """Each image's inverse map (output pixel -> where in the source to sample) as a 2x3 matrix
-    over (y, x, 1): rotation and scale about the centre, then a shift."""
-    k_rot, k_scale, k_shift = jax.random.split(key, 3)
-    angle_B = jax.random.uniform(k_rot, (b,), minval=-1, maxval=1) * jnp.deg2rad(aug.rotate_deg)
-    scale_B = 1 + jax.random.uniform(k_scale, (b,), minval=-1, maxval=1) * aug.scale
-    shift_Bx2 = jax.random.uniform(k_shift, (b, 2), minval=-1, maxval=1) * aug.shift_px
-    cos_B, sin_B = jnp.cos(angle_B) / scale_B, jnp.sin(angle_B) / scale_B
+    over (y, x, 1): rotation by `angle_B` (radians) and zoom about the centre, then a shift."""
+    cos_B, sin_B = jnp.cos(angle_B) / zoom_B, jnp.sin(angle_B) / zoom_B
     rot_Bx2x2 = jnp.stack([jnp.stack([cos_B, sin_B], -1), jnp.stack([-sin_B, cos_B], -1)], -2)
     centre_2 = jnp.array([(h - 1) / 2, (w - 1) / 2])
     offset_Bx2 = centre_2 - jnp.einsum("bij,bj->bi", rot_Bx2x2, centre_2 + shift_Bx2)
     return jnp.concatenate([rot_Bx2x2, offset_Bx2[..., None]], -1)
+
+
+def random_affines(key: jax.Array, aug: Augment, b: int, h: int, w: int) -> jax.Array:
+    """`affine_maps` drawn uniformly within `aug`'s ranges, one per image."""
+    k_rot, k_scale, k_shift = jax.random.split(key, 3)
+    angle_B = jax.random.uniform(k_rot, (b,), minval=-1, maxval=1) * jnp.deg2rad(aug.rotate_deg)
+    scale_B = 1 + jax.random.uniform(k_scale, (b,), minval=-1, maxval=1) * aug.scale
+    shift_Bx2 = jax.random.uniform(k_shift, (b, 2), minval=-1, maxval=1) * aug.shift_px
+    return affine_maps(angle_B, scale_B, shift_Bx2, h, w)
 
 
 def source_coordinates(affine_Bx2x3: jax.Array, h: int, w: int) -> jax.Array:
@@ -78,8 +83,37 @@ def random_maps(key: jax.Array, aug: Augment, x_BxHxWx1: jax.Array) -> jax.Array
 TEST_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
 
+@dataclasses.dataclass(frozen=True)
+class TestViews:
+    """What evaluation averages its probabilities over: the image, its four 1-pixel shifts
+    (`shifts`), and the image rotated and zoomed by each (degrees, zoom) of `warps`."""
+
+    shifts: bool = False
+    warps: tuple[tuple[float, float], ...] = ()
+
+    @classmethod
+    def from_config(cls, config) -> TestViews | None:
+        # A restored config may hold the pairs as lists: tuples keep the views hashable (static).
+        warps = tuple((float(deg), float(zoom)) for deg, zoom in config.get("test_time_warps", ()))
+        views = cls(bool(config.get("test_time_shifts", False)), warps)
+        return views if views.shifts or views.warps else None
+
+    def of(self, x_BxHxWx1: jax.Array) -> list[jax.Array]:
+        """The views of a batch, the image itself first."""
+        shifts = TEST_SHIFTS[1:] if self.shifts else ()
+        return [x_BxHxWx1, *(shifted(x_BxHxWx1, *s) for s in shifts), *(warped(x_BxHxWx1, *w) for w in self.warps)]
+
+
 def shifted(x_BxHxWxC: jax.Array, dy: int, dx: int) -> jax.Array:
     """The image moved by (dy, dx) pixels, zeros shifted in."""
     h, w = x_BxHxWxC.shape[1:3]
     padded = jnp.pad(x_BxHxWxC, ((0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)))
     return padded[:, abs(dy) - dy : abs(dy) - dy + h, abs(dx) - dx : abs(dx) - dx + w]
+
+
+def warped(x_BxHxWx1: jax.Array, degrees: float, zoom: float) -> jax.Array:
+    """The image rotated by `degrees` and zoomed by `zoom` about its centre, sampled bilinearly."""
+    b, h, w, _ = x_BxHxWx1.shape
+    angle_B, zoom_B = jnp.full((b,), jnp.deg2rad(degrees)), jnp.full((b,), zoom)
+    affine_Bx2x3 = affine_maps(angle_B, zoom_B, jnp.zeros((b, 2)), h, w)
+    return bilinear(x_BxHxWx1, source_coordinates(affine_Bx2x3, h, w))

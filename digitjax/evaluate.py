@@ -27,12 +27,18 @@ from digitjax import model as model_lib
 from digitjax.model import NUM_CLASSES
 
 
-@nnx.jit(static_argnames="tta")
-def eval_step(model: nnx.Module, images_BxHxW: jax.Array, labels_B: jax.Array, mask_B: jax.Array, tta: bool = False):
-    """tta: average the probabilities over the image and its 1-pixel shifts (augment.TEST_SHIFTS)."""
+@nnx.jit(static_argnames="views")
+def eval_step(
+    model: nnx.Module,
+    images_BxHxW: jax.Array,
+    labels_B: jax.Array,
+    mask_B: jax.Array,
+    views: augment.TestViews | None = None,
+):
+    """views: average the probabilities over the image's test-time views (augment.TestViews)."""
     x_BxHxWx1 = model_lib.to_input(images_BxHxW)
-    if tta:
-        probs_VxBxC = jnp.stack([jax.nn.softmax(model(augment.shifted(x_BxHxWx1, *s))) for s in augment.TEST_SHIFTS])
+    if views is not None:
+        probs_VxBxC = jnp.stack([jax.nn.softmax(model(v)) for v in views.of(x_BxHxWx1)])
         logits_BxC = jnp.log(probs_VxBxC.mean(0))  # log-probabilities: softmax gives the average back
     else:
         logits_BxC = model(x_BxHxWx1)
@@ -60,12 +66,12 @@ def batches(
     ]
 
 
-def evaluate_arrays(model: nnx.Module, device_batches: list, n: int, tta: bool = False) -> dict:
+def evaluate_arrays(model: nnx.Module, device_batches: list, n: int, views: augment.TestViews | None = None) -> dict:
     """Loss, accuracy and logits over every example of `device_batches` (no remainder dropped)."""
     model.eval()
     loss, correct, logits = jnp.zeros(()), jnp.zeros((), jnp.int32), []
     for images, labels, mask in device_batches:
-        batch_loss, batch_correct, batch_logits = eval_step(model, images, labels, mask, tta)
+        batch_loss, batch_correct, batch_logits = eval_step(model, images, labels, mask, views)
         loss, correct = loss + batch_loss, correct + batch_correct
         logits.append(batch_logits)
     # On a mesh spanning processes, each holds only its shards: gather them.
@@ -95,7 +101,7 @@ def report(workdir: epath.Path, step: int | None, data_dir: str | None, mnist_di
     test = data.load("test", data_dir, mnist_dir)
     config = restored.config
     device_batches = batches(test.images_NxHxW, test.labels_N, config.eval_batch_size)
-    result = evaluate_arrays(restored.model, device_batches, len(test.labels_N), bool(config.get("test_time_shifts")))
+    result = evaluate_arrays(restored.model, device_batches, len(test.labels_N), augment.TestViews.from_config(config))
     predictions_N = result["logits_NxC"].argmax(-1)
     counts_CxC = confusion_matrix(test.labels_N, predictions_N)
     summary = {
@@ -156,7 +162,7 @@ def drawings_report(restored, store_or_dir: str) -> dict:
         return {"drawings": store_or_dir, "count": 0}
     config = restored.config
     device_batches = batches(images_NxHxW, labels_N.astype(np.int32), config.eval_batch_size)
-    result = evaluate_arrays(restored.model, device_batches, len(labels_N), bool(config.get("test_time_shifts")))
+    result = evaluate_arrays(restored.model, device_batches, len(labels_N), augment.TestViews.from_config(config))
     predictions_N = result["logits_NxC"].argmax(-1)
     return {
         "drawings": store_or_dir,

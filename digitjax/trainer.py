@@ -458,9 +458,9 @@ def _evaluate(run: Run) -> dict:
     where = f"epoch {step / run.steps_per_epoch:.3g}/{run.config.num_epochs}" + (
         f" (step {step}, {seconds:.1f} s of training)" if step % run.steps_per_epoch else ""
     )
-    tta = bool(run.config.get("test_time_shifts"))
+    views = augment.TestViews.from_config(run.config)
     for name, (batches, n) in run.evaluations.items():
-        ev = evaluate.evaluate_arrays(run.state.evaluated, batches, n, tta)
+        ev = evaluate.evaluate_arrays(run.state.evaluated, batches, n, views)
         result |= {f"{name}_accuracy": ev["accuracy"], f"{name}_loss": ev["loss"]}
         run.writer.write(step, name, {"accuracy": ev["accuracy"], "loss": ev["loss"], "train_seconds": seconds})
         if name == "test":

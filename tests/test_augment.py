@@ -1,5 +1,6 @@
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -70,9 +71,41 @@ def test_test_time_shifts_average_the_five_views(digits):
     model.eval()
     images, labels = jax.tree.map(jnp.asarray, digits(8, seed=0))
     mask = jnp.ones(8, bool)
-    _, _, logits_BxC = evaluate.eval_step(model, images, labels, mask, tta=True)
+    _, _, logits_BxC = evaluate.eval_step(model, images, labels, mask, augment.TestViews(shifts=True))
     x = model_lib.to_input(images)
     expected = jnp.mean(jnp.stack([nnx.softmax(model(augment.shifted(x, *s))) for s in augment.TEST_SHIFTS]), 0)
     np.testing.assert_allclose(jnp.exp(logits_BxC), expected, rtol=1e-5, atol=1e-6)
     _, _, plain_BxC = evaluate.eval_step(model, images, labels, mask)
     assert not np.allclose(nnx.softmax(plain_BxC), expected)
+
+
+def test_test_time_warps_are_averaged_after_the_shifts(digits):
+    model = model_lib.create("fast", seed=0)
+    model.eval()
+    images, labels = jax.tree.map(jnp.asarray, digits(8, seed=0))
+    views = augment.TestViews(shifts=True, warps=((8.0, 1.0), (-8.0, 0.92)))
+    _, _, logits_BxC = evaluate.eval_step(model, images, labels, jnp.ones(8, bool), views)
+    x = model_lib.to_input(images)
+    inputs = [augment.shifted(x, *s) for s in augment.TEST_SHIFTS]
+    inputs += [augment.warped(x, 8.0, 1.0), augment.warped(x, -8.0, 0.92)]
+    expected = jnp.mean(jnp.stack([nnx.softmax(model(v)) for v in inputs]), 0)
+    np.testing.assert_allclose(jnp.exp(logits_BxC), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_warped_rotates_and_zooms_about_the_centre(digits_Bx28x28x1):
+    x = digits_Bx28x28x1
+    np.testing.assert_allclose(augment.warped(x, 0.0, 1.0), x, atol=1e-6)
+    # A quarter turn maps pixel centres onto pixel centres: exactly numpy's rot90, counter-clockwise.
+    np.testing.assert_allclose(augment.warped(x, 90.0, 1.0), jnp.rot90(x, 1, axes=(1, 2)), atol=1e-4)
+    # A third of the size about the centre (13.5, 13.5): output pixel p samples source pixel 3p - 27.
+    shrunk = augment.warped(x, 0.0, 1 / 3)
+    np.testing.assert_allclose(shrunk[:, 9:19, 9:19], x[:, ::3, ::3], atol=1e-4)
+    np.testing.assert_array_equal(shrunk.at[:, 9:19, 9:19].set(0), 0)
+
+
+def test_test_views_from_a_restored_config_are_static():
+    config = ml_collections.ConfigDict({"test_time_shifts": False, "test_time_warps": [[8, 1], [-8, 1]]})
+    views = augment.TestViews.from_config(config)
+    assert views == augment.TestViews(False, ((8.0, 1.0), (-8.0, 1.0)))
+    hash(views)  # a static argument of the jitted eval_step
+    assert augment.TestViews.from_config(ml_collections.ConfigDict({"test_time_shifts": False})) is None

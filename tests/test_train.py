@@ -187,11 +187,16 @@ def test_a_model_that_does_not_import_is_a_user_error():
 def test_bench_accuracy_prints_the_time_to_each_target_of_a_recipe():
     """`bench --accuracy` on real MNIST, cut short: the 99.5% recipe's step (augmentation, weight
     average) trains, is tested a tenth of an epoch apart, and the crossings are printed."""
-    overrides = ["--config.train_size=2560", "--config.num_epochs=1", "--config.eval_every_steps=0"]
+    overrides = [
+        "--config.train_size=2560",
+        "--config.batch_size=128",
+        "--config.num_epochs=1",
+        "--config.eval_every_steps=0",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "digitjax.bench", "--config", "experiments/fast995.py", "--smoke", "--accuracy"]
         + overrides
-        + ["--config.test_time_shifts=False"],
+        + ["--config.test_time_shifts=False", "--config.test_time_warps=()"],
         cwd=EXPERIMENTS.parent,
         capture_output=True,
         text=True,
