@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.whiten_conv1 = False  # conv1 frozen at the training patches' whitened principal directions (whitening.py)
     c.ema_decay = 0.0  # evaluate, checkpoint and serve an average of the weights (e.g. 0.999); 0 for none
     c.test_time_shifts = False  # evaluate on the mean of the image and its four 1-pixel shifts
-    c.test_time_warps = ()  # (degrees, zoom) views added to that mean: the image rotated and zoomed, e.g. ((8, 1.0),)
+    c.test_time_warps = ()  # (degrees, zoom) views averaged with the image (and any shifts), e.g. ((8, 1.0),)
     c.eval_every_steps = 0  # steps between test evaluations besides every epoch end's (time to accuracy); 0 for none
     c.eval_batch_size = 1000  # images per evaluation batch; the last one is padded, never dropped
     c.steps_per_dispatch = 25  # optimizer steps per jitted call; signals are noticed between calls
