@@ -5,9 +5,13 @@ prepared once per session into a temporary TFDS dir, for the tests marked slow.
     python -m pytest -n 2 --dist loadfile           # everything (CI), MNIST from $DIGITJAX_MNIST_DIR
 """
 
+import hashlib
 import os
+import platform
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,31 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ("--config", "experiments/smoke.py")
 MNIST_FIXTURES = {"mnist_dir", "tfds_dir", "test_split", "run_cli", "served_checkpoints", "start_training"}
 MNIST_FIXTURES |= {"uninterrupted"}
+UNOPTIMIZED = "--xla_backend_optimization_level=0"  # the fast tier's XLA flag (pytest_configure)
+
+
+def _compilation_cache(config) -> None:
+    """XLA's programs kept in pytest's cache folder between runs, shared by the xdist workers and
+    the programs the tests start: a rerun of a tier, and a run that restarts training, load what
+    an earlier one compiled. JAX keys each program by its HLO and XLA flags but not by the CPU,
+    so each instruction set gets a folder of its own: a checkout shared between an AVX-512 and an
+    AVX2 machine must not run one's code on the other. `pytest --cache-clear` empties it."""
+    if getattr(config, "cache", None) is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # -p no:cacheprovider, or the caller chose a folder
+    try:
+        cpu = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    folder = config.cache.mkdir(f"jax-{hashlib.sha256(cpu.encode()).hexdigest()[:12]}")
+    # Every program, however quick to compile (the tests compile hundreds of small ones); the
+    # oldest are evicted past 1 GB, under a file lock that keeps concurrent writers apart.
+    settings = {"compilation_cache_dir": str(folder), "persistent_cache_min_compile_time_secs": 0.0}
+    settings["compilation_cache_max_size"] = 2**30
+    os.environ.update({f"JAX_{name.upper()}": str(value) for name, value in settings.items()})
+    import jax  # read those at its import, which digitjax.data made: set them here too
+
+    for name, value in settings.items():
+        jax.config.update(f"jax_{name}", value)
 
 
 def pytest_configure(config):
@@ -27,9 +56,10 @@ def pytest_configure(config):
     it takes a third less time. Under pytest-xdist (-n 2) each worker runs XLA's matmuls on one
     thread, so two workers share two cores instead of contending for them; the programs the
     tests start (training, serving) get the caller's flags and every core, as a user's would."""
+    _compilation_cache(config)
     flags = [os.environ.get("XLA_FLAGS", "")]
     if config.option.markexpr == "not slow":
-        flags.append("--xla_backend_optimization_level=0")
+        flags.append(UNOPTIMIZED)
     inherited = " ".join(flags).strip()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["XLA_FLAGS"] = f"{inherited} --xla_cpu_multi_thread_eigen=false".strip()
@@ -63,26 +93,56 @@ def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(images_NxHxW, 0, 255).astype(np.uint8), labels_N
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None], copy: bool = False) -> Path:
+    """A folder that `build` fills once per test session. Under pytest-xdist the first worker to
+    ask builds it, under a lock, and the others wait for it instead of building their own (the
+    MNIST dataset, the trained runs). With `copy` each worker gets a copy of its own, for the runs
+    that a test's server writes reports into."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / name  # the session's folder, above the workers'
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_dir():
+            partial = tmp_path_factory.mktemp(f"{name}-partial")  # moved into place only once built
+            build(partial)
+            partial.rename(shared)
+    if not copy:
+        return shared
+    own = tmp_path_factory.mktemp(name)
+    shutil.copytree(shared, own, dirs_exist_ok=True)
+    return own
+
+
 @pytest.fixture(scope="session")
 def synthetic_tfds(tmp_path_factory) -> Path:
     """A TFDS data dir whose `mnist` holds 3,000 synthetic training and 500 test digits."""
     (train_images, train_labels), (test_images, test_labels) = synthetic_digits(3000, 0), synthetic_digits(500, 1)
     arrays = {"train_images": train_images, "train_labels": train_labels}
     arrays |= {"test_images": test_images, "test_labels": test_labels}
-    return data.write_tfds(tmp_path_factory.mktemp("synthetic-tfds"), arrays)
+    return built_once(tmp_path_factory, "synthetic-tfds", lambda folder: data.write_tfds(folder, arrays))
 
 
 @pytest.fixture(scope="session")
 def synthetic_checkpoints(synthetic_tfds, tmp_path_factory) -> Path:
-    """A checkpoints/ folder with one run trained on the synthetic digits, to restore and serve."""
-    from digitjax import trainer
-    from experiments import smoke
+    """A checkpoints/ folder with one run trained on the synthetic digits, to restore and serve.
 
-    root = tmp_path_factory.mktemp("synthetic-checkpoints")
-    config = smoke.get_config()
-    config.train_size, config.validation_size, config.num_epochs = 0, 500, 1
-    trainer.train_and_evaluate(config, root / "synthetic", str(synthetic_tfds), mnist_dir="/nonexistent")
-    return root
+    Trained by the CLI in a process of its own with XLA's optimizations, which the fast tier
+    turns off for its own compiling: unoptimized, its 78 steps ran 2.5x as long."""
+    sets = ("--config.train_size=0", "--config.validation_size=500", "--config.num_epochs=1")
+    flags = ("--data_dir", str(synthetic_tfds), "--mnist_dir", "/nonexistent", *sets)
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(UNOPTIMIZED, "").strip()}
+
+    def build(root: Path) -> None:
+        command = [sys.executable, "-m", "digitjax.train", *SMOKE, "--workdir", str(root / "synthetic"), *flags]
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "synthetic-checkpoints", build, copy=True)
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +155,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tfds_dir(mnist_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tfds")
-    data.prepare(str(root), str(mnist_dir))
-    return root
+    return built_once(tmp_path_factory, "tfds", lambda folder: data.prepare(str(folder), str(mnist_dir)))
 
 
 @pytest.fixture(scope="session")
@@ -130,11 +188,13 @@ def served_checkpoints(tfds_dir, mnist_dir, tmp_path_factory) -> Path:
     from digitjax import trainer
     from experiments import smoke
 
-    root = tmp_path_factory.mktemp("checkpoints")
     config = smoke.get_config()
     config.train_size, config.batch_size, config.num_epochs = 12800, 64, 2
-    trainer.train_and_evaluate(config, root / "tiny", str(tfds_dir), str(mnist_dir))
-    return root
+
+    def build(root: Path) -> None:
+        trainer.train_and_evaluate(config, root / "tiny", str(tfds_dir), str(mnist_dir))
+
+    return built_once(tmp_path_factory, "checkpoints", build, copy=True)
 
 
 @pytest.fixture(scope="session")
@@ -156,11 +216,12 @@ def uninterrupted(start_training, tmp_path_factory) -> Path:
     on a disk or a bucket, must end with bit for bit."""
     from tests.test_faults import FAULTS
 
-    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = start_training(workdir, *FAULTS)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    return workdir
+    def build(root: Path) -> None:
+        proc = start_training(root / "run", *FAULTS)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+
+    return built_once(tmp_path_factory, "uninterrupted", build) / "run"
 
 
 @pytest.fixture(scope="session")
