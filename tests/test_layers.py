@@ -56,6 +56,12 @@ ZOO_LAYERS = {
         ("conv2", "maps", (6, 6, 96), True),
         ("dense1", "units", (128,), False),
     ],
+    "s2d24_wider256": [
+        ("conv1", "maps", (12, 12, 32), True),
+        ("pool1", "maps", (6, 6, 32), False),
+        ("conv2", "maps", (6, 6, 96), True),
+        ("dense1", "units", (256,), False),
+    ],
     "s2d_wide": [
         ("conv1", "maps", (14, 14, 32), True),
         ("pool1", "maps", (7, 7, 32), False),
