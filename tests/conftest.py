@@ -39,10 +39,10 @@ def _compilation_cache(config) -> None:
     except (OSError, StopIteration):
         cpu = platform.processor() or platform.machine()
     folder = config.cache.mkdir(f"jax-{hashlib.sha256(cpu.encode()).hexdigest()[:12]}")
-    # Every program, however quick to compile (the tests compile hundreds of small ones); the
-    # oldest are evicted past 1 GB, under a file lock that keeps concurrent writers apart.
+    # Every program, however quick to compile (the tests compile hundreds of small ones). No size
+    # bound: with one, each write lists and reads the whole folder under a lock (85 ms a write at
+    # 1,800 programs, a full suite's ~60 MB), which cost a cold run more than the cache saved it.
     settings = {"compilation_cache_dir": str(folder), "persistent_cache_min_compile_time_secs": 0.0}
-    settings["compilation_cache_max_size"] = 2**30
     os.environ.update({f"JAX_{name.upper()}": str(value) for name, value in settings.items()})
     import jax  # read those at its import, which digitjax.data made: set them here too
 
@@ -127,20 +127,35 @@ def synthetic_tfds(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "synthetic-tfds", lambda folder: data.write_tfds(folder, arrays))
 
 
+def train_command(workdir: Path, *args: str) -> list[str]:
+    """`python -m digitjax.train --config experiments/smoke.py --workdir WORKDIR ARGS`, as a user runs it."""
+    return [sys.executable, "-m", "digitjax.train", *SMOKE, "--workdir", str(workdir), *args]
+
+
+def train_once(workdir: Path, *args: str, env: dict[str, str]) -> None:
+    """Trains a run to its end in a process of its own, with every core and XLA's optimizations
+    (a fixture's run, not what a test checks): the fast tier turns those off for its own
+    compiling, and an xdist worker runs XLA's matmuls on one thread."""
+    flags = env.get("XLA_FLAGS", "").replace(UNOPTIMIZED, "").strip()
+    proc = subprocess.run(
+        train_command(workdir, *args),
+        cwd=ROOT,
+        env={**env, "XLA_FLAGS": flags},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="session")
 def synthetic_checkpoints(synthetic_tfds, tmp_path_factory) -> Path:
-    """A checkpoints/ folder with one run trained on the synthetic digits, to restore and serve.
-
-    Trained by the CLI in a process of its own with XLA's optimizations, which the fast tier
-    turns off for its own compiling: unoptimized, its 78 steps ran 2.5x as long."""
+    """A checkpoints/ folder with one run trained on the synthetic digits, to restore and serve."""
     sets = ("--config.train_size=0", "--config.validation_size=500", "--config.num_epochs=1")
     flags = ("--data_dir", str(synthetic_tfds), "--mnist_dir", "/nonexistent", *sets)
-    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(UNOPTIMIZED, "").strip()}
 
     def build(root: Path) -> None:
-        command = [sys.executable, "-m", "digitjax.train", *SMOKE, "--workdir", str(root / "synthetic"), *flags]
-        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        train_once(root / "synthetic", *flags, env=dict(os.environ))
 
     return built_once(tmp_path_factory, "synthetic-checkpoints", build, copy=True)
 
@@ -183,29 +198,25 @@ def run_cli(tfds_dir, mnist_dir):
 
 
 @pytest.fixture(scope="session")
-def served_checkpoints(tfds_dir, mnist_dir, tmp_path_factory) -> Path:
+def served_checkpoints(run_cli, tmp_path_factory) -> Path:
     """A checkpoints/ folder with one small but competent run (~97% test accuracy) to serve."""
-    from digitjax import trainer
-    from experiments import smoke
-
-    config = smoke.get_config()
-    config.train_size, config.batch_size, config.num_epochs = 12800, 64, 2
+    sets = ("--config.train_size=12800", "--config.batch_size=64", "--config.num_epochs=2")
+    env = {**os.environ, **run_cli.env}
 
     def build(root: Path) -> None:
-        trainer.train_and_evaluate(config, root / "tiny", str(tfds_dir), str(mnist_dir))
+        train_once(root / "tiny", *sets, env=env)
 
     return built_once(tmp_path_factory, "checkpoints", build, copy=True)
 
 
 @pytest.fixture(scope="session")
-def start_training(tfds_dir, mnist_dir):
+def start_training(run_cli):
     """Starts `python -m digitjax.train --config experiments/smoke.py` in the background, as a user would."""
-    env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir)}
+    env = {**os.environ, **run_cli.env}
 
     def start(workdir: Path, *args: str, **more_env: str) -> subprocess.Popen:
-        command = [sys.executable, "-m", "digitjax.train", *SMOKE, "--workdir", str(workdir), *args]
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        return subprocess.Popen(command, cwd=ROOT, env={**env, **more_env}, **pipes)
+        return subprocess.Popen(train_command(workdir, *args), cwd=ROOT, env={**env, **more_env}, **pipes)
 
     return start
 
