@@ -198,6 +198,13 @@ def resolve(name: str) -> Callable[..., nnx.Module]:
         )
 
 
+def ignored_border(model: nnx.Module) -> int:
+    """Pixels on each border of the 28x28 input that `model` never looks at: a `crop` it
+    declares (SpaceToDepth's; a model of your own may declare one too), else 0. Augmentation
+    leaves them unsampled."""
+    return int(getattr(model, "crop", 0))
+
+
 def create(name: str, seed: int, conv: str = "auto", **kwargs) -> nnx.Module:
     """Builds a model by config name (`resolve`) with parameters drawn from `seed`, its
     convolutions computed by route `conv` (digitjax/conv.py)."""

@@ -94,7 +94,8 @@ def _apply_step(state: TrainState, batches: Batches, index: jax.Array, key: jax.
     step_key = jax.random.fold_in(key, state.optimizer.step[...])
     x_BxHxWx1 = model_lib.to_input(images_BxHxW)
     if options.aug is not None:
-        x_BxHxWx1 = augment.random_maps(jax.random.fold_in(step_key, AUGMENT_STREAM), options.aug, x_BxHxWx1)
+        aug_key, frame = jax.random.fold_in(step_key, AUGMENT_STREAM), model_lib.ignored_border(state.model)
+        x_BxHxWx1 = augment.random_maps(aug_key, options.aug, x_BxHxWx1, frame)
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
     (loss, logits_BxC), grads = grad_fn(state.model, x_BxHxWx1, labels_B, step_key, options.label_smoothing)
     state.optimizer.update(state.model, grads)

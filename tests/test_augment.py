@@ -42,6 +42,17 @@ def test_maps_are_small_per_image_and_keep_the_digit(digits_Bx28x28x1):
     assert moved.min() > 0 and moved.std() > 0
 
 
+def test_a_frame_is_left_black_and_the_rest_is_the_same_image(digits_Bx28x28x1):
+    aug = augment.Augment(rotate_deg=10, scale=0.1, shift_px=2, elastic_px=1)
+    whole = np.asarray(augment.random_maps(jax.random.key(3), aug, digits_Bx28x28x1))
+    framed = np.asarray(augment.random_maps(jax.random.key(3), aug, digits_Bx28x28x1, frame=2))
+    assert framed.shape == whole.shape
+    np.testing.assert_array_equal(framed[:, 2:-2, 2:-2], whole[:, 2:-2, 2:-2])
+    inside = np.zeros(whole.shape, bool)
+    inside[:, 2:-2, 2:-2] = True
+    assert whole[~inside].any() and not framed[~inside].any()  # the frame had ink; now black
+
+
 def test_each_image_moves_by_its_own_affine_map():
     # A dot of ink at q lands where the inverse map sends back to q: p = R^-1 (q - offset).
     aug = augment.Augment(rotate_deg=20, scale=0.2, shift_px=3)

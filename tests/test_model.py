@@ -42,8 +42,10 @@ def test_the_zoo_orders_by_cost():
 
 
 def test_s2d24_sees_only_the_central_24x24_pixels():
+    """What lets augmentation leave its `ignored_border` unsampled."""
     m = model_lib.create("s2d24", seed=0, conv="xla")
     m.eval()
+    assert model_lib.ignored_border(m) == 2 and model_lib.ignored_border(model_lib.create("small", seed=0)) == 0
     x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
     frame = jnp.ones((28, 28, 1), bool).at[2:26, 2:26].set(False)
     np.testing.assert_array_equal(m(x), m(jnp.where(frame, 1.0 - x, x)))
