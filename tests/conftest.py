@@ -40,8 +40,8 @@ def _compilation_cache(config) -> None:
         cpu = platform.processor() or platform.machine()
     folder = config.cache.mkdir(f"jax-{hashlib.sha256(cpu.encode()).hexdigest()[:12]}")
     # Every program, however quick to compile (the tests compile hundreds of small ones). No size
-    # bound: with one, each write lists and reads the whole folder under a lock (85 ms a write at
-    # 1,800 programs, a full suite's ~60 MB), which cost a cold run more than the cache saved it.
+    # bound: with one, each write lists and reads the whole folder under a lock, 85 ms a write
+    # at the ~1,800 programs (~60 MB) a full suite writes, against 0.05 ms without.
     settings = {"compilation_cache_dir": str(folder), "persistent_cache_min_compile_time_secs": 0.0}
     os.environ.update({f"JAX_{name.upper()}": str(value) for name, value in settings.items()})
     import jax  # read those at its import, which digitjax.data made: set them here too
