@@ -184,16 +184,24 @@ def run_cli(tfds_dir, mnist_dir):
 
     base_env = {"TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir)}
 
+    def environ(**env: str) -> dict[str, str]:
+        """This process's environment, the test data dirs, then `env`: what a command gets."""
+        return {**os.environ, **base_env, **env}
+
     def run(module: str, *args: str, check: bool = True, **env) -> subprocess.CompletedProcess:
-        environ = {**os.environ, **base_env, **env}
         proc = subprocess.run(
-            [sys.executable, "-m", module, *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=600
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=environ(**env),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"{module} {args} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         return proc
 
-    run.env = base_env
+    run.environ = environ
     return run
 
 
@@ -201,10 +209,9 @@ def run_cli(tfds_dir, mnist_dir):
 def served_checkpoints(run_cli, tmp_path_factory) -> Path:
     """A checkpoints/ folder with one small but competent run (~97% test accuracy) to serve."""
     sets = ("--config.train_size=12800", "--config.batch_size=64", "--config.num_epochs=2")
-    env = {**os.environ, **run_cli.env}
 
     def build(root: Path) -> None:
-        train_once(root / "tiny", *sets, env=env)
+        train_once(root / "tiny", *sets, env=run_cli.environ())
 
     return built_once(tmp_path_factory, "checkpoints", build, copy=True)
 
@@ -212,11 +219,10 @@ def served_checkpoints(run_cli, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def start_training(run_cli):
     """Starts `python -m digitjax.train --config experiments/smoke.py` in the background, as a user would."""
-    env = {**os.environ, **run_cli.env}
 
     def start(workdir: Path, *args: str, **more_env: str) -> subprocess.Popen:
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        return subprocess.Popen(train_command(workdir, *args), cwd=ROOT, env={**env, **more_env}, **pipes)
+        return subprocess.Popen(train_command(workdir, *args), cwd=ROOT, env=run_cli.environ(**more_env), **pipes)
 
     return start
 

@@ -1,7 +1,6 @@
 """The commands as a user runs them: train, kill, resume, evaluate, and every user mistake."""
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -126,7 +125,7 @@ def test_fast_checkpoint_predicts_in_a_fresh_process_what_it_did_in_training(tra
     workdir = trained[0]
     proc = subprocess.run(
         [sys.executable, "-c", RESTORE_AND_PREDICT, str(workdir)],
-        env={**os.environ, **run_cli.env},
+        env=run_cli.environ(),
         capture_output=True,
         text=True,
         check=True,
