@@ -236,8 +236,7 @@ def test_no_space_left_is_a_clear_error_and_keeps_older_checkpoints(tmp_path, ru
         pytest.skip(f"this machine cannot mount a small disk in a namespace: {probe.stderr.strip()}")
     (tmp_path / "disk").mkdir()
     (tmp_path / "out").mkdir()
-    env = run_cli.environ(DISK=str(tmp_path / "disk"), OUT=str(tmp_path / "out"))
-    env["PY"] = sys.executable
+    env = run_cli.environ(DISK=str(tmp_path / "disk"), OUT=str(tmp_path / "out"), PY=sys.executable)
     subprocess.run(["unshare", "-rm", "sh", "-c", NO_SPACE], cwd=ROOT, env=env, check=True, timeout=600)
     out = tmp_path / "out"
 
