@@ -1,11 +1,12 @@
-"""MNIST through tensorflow-datasets, prepared from the four IDX files, kept on device.
+"""The datasets: TFDS's 28x28 grayscale 10-class sets, prepared from IDX files, kept on device.
 
-The dataset written here is the standard TFDS `mnist` (same name, version, features and
-array_record files), so `tfds.data_source("mnist", data_dir=...)` reads it anywhere. The
-stock builder needs TensorFlow to extract the IDX files and rejects re-packed gzip files;
-`read_idx_dir` reads them with gzip and numpy instead and checks the uncompressed bytes.
+`config.dataset` names one of DATASETS. Each is written as the standard TFDS dataset of that name
+(same version, features and array_record files), so `tfds.data_source(name, data_dir=...)` reads
+it anywhere. The stock builders need TensorFlow to extract the IDX files; `read_idx_dir` reads them
+with gzip and numpy instead, checked against known hashes, and no TensorFlow is needed.
 
-    python -m digitjax.data --mnist_dir ../shared/data/mnist   # prepare from local files
+    python -m digitjax.data --idx_dir ../shared/data                          # mnist from ../shared/data/mnist
+    python -m digitjax.data --dataset fashion_mnist                           # TFDS's download
 """
 
 from __future__ import annotations
@@ -25,11 +26,21 @@ import numpy as np
 
 from digitjax.errors import UserError
 
-MNIST_DIR_ENV = "DIGITJAX_MNIST_DIR"
+IDX_DIR_ENV = "DIGITJAX_IDX_DIR"
 TFDS_DIR_ENV = "TFDS_DATA_DIR"
-# Where digitjax writes its own array_record copy when the data dir holds another `mnist` (say
-# the TFRecord copy TensorFlow and the Flax examples prepare), which it never touches.
+# Where digitjax writes its own array_record copy when the data dir holds another copy of a
+# dataset (say the TFRecord one TensorFlow and the Flax examples prepare), which it never touches.
 OWN_SUBDIR = "digitjax"
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str  # TFDS's name, also the subfolder of --idx_dir holding its IDX files
+    builder: str  # TFDS's builder class, in tensorflow_datasets.image_classification.mnist
+    class_names: tuple[str, ...]
+    # sha256 of each IDX file's uncompressed bytes (keyed as IDX_FILES), where known: then any
+    # gzip wrapper is accepted. Otherwise only the published .gz files, checked against TFDS.
+    sha256: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,100 +48,152 @@ class IdxFile:
     name: str  # canonical file name, without .gz
     magic: int
     shape: tuple[int, ...]
-    sha256: str  # of the uncompressed bytes, so any gzip wrapper is accepted
 
 
+# The same four files in every dataset of the MNIST format.
 IDX_FILES = {
-    "train_images": IdxFile(
-        "train-images-idx3-ubyte",
-        0x803,
-        (60000, 28, 28),
-        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    ),
-    "train_labels": IdxFile(
-        "train-labels-idx1-ubyte",
-        0x801,
-        (60000,),
-        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    ),
-    "test_images": IdxFile(
-        "t10k-images-idx3-ubyte",
-        0x803,
-        (10000, 28, 28),
-        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    ),
-    "test_labels": IdxFile(
-        "t10k-labels-idx1-ubyte",
-        0x801,
-        (10000,),
-        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    ),
+    "train_images": IdxFile("train-images-idx3-ubyte", 0x803, (60000, 28, 28)),
+    "train_labels": IdxFile("train-labels-idx1-ubyte", 0x801, (60000,)),
+    "test_images": IdxFile("t10k-images-idx3-ubyte", 0x803, (10000, 28, 28)),
+    "test_labels": IdxFile("t10k-labels-idx1-ubyte", 0x801, (10000,)),
 }
 
-_FIX = (
-    "Point --mnist_dir (or ${env}) at a folder holding the four canonical MNIST files "
-    "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-    "t10k-labels-idx1-ubyte.gz), or get a fresh copy of this one."
-).replace("${env}", MNIST_DIR_ENV)
+DATASETS = {
+    "mnist": Dataset(
+        "mnist",
+        "MNIST",
+        tuple("0123456789"),
+        {
+            "train_images": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train_labels": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "test_images": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "test_labels": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+    ),
+    "fashion_mnist": Dataset(
+        "fashion_mnist",
+        "FashionMNIST",
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+    # One character for each of the ten rows of hiragana, as TFDS names them.
+    "kmnist": Dataset("kmnist", "KMNIST", ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
+}
 
 
-def _find(folder: Path, spec: IdxFile) -> Path:
+def dataset(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise UserError(f"Unknown dataset {name!r}; the config's dataset must be one of {sorted(DATASETS)}.")
+    return DATASETS[name]
+
+
+def dataset_of(config) -> str:
+    """The dataset a config trains on (configs written before the field: MNIST, as then)."""
+    return dataset(config.get("dataset", "mnist")).name
+
+
+@dataclasses.dataclass(frozen=True)
+class Paths:
+    """Where datasets are read from: one object, handed from the command line to whatever loads data."""
+
+    data_dir: str | None = None  # TFDS data dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    # A folder with one subfolder of IDX files per dataset, named for it (mnist/, fashion_mnist/,
+    # kmnist/); None: $DIGITJAX_IDX_DIR. A dataset without a subfolder there is downloaded.
+    idx_dir: str | None = None
+
+    def tfds_root(self) -> Path:
+        return Path(self.data_dir or os.environ.get(TFDS_DIR_ENV) or "~/tensorflow_datasets").expanduser()
+
+    def idx_folder(self, name: str) -> Path | None:
+        root = self.idx_dir or os.environ.get(IDX_DIR_ENV)
+        return Path(root).expanduser() / name if root else None
+
+
+def _fix(name: str) -> str:
+    return (
+        f"Point --idx_dir (or ${IDX_DIR_ENV}) at a folder whose subfolder {name}/ holds the four canonical "
+        f"{name} IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+        f"t10k-labels-idx1-ubyte.gz), or get a fresh copy of this one."
+    )
+
+
+def _find(folder: Path, spec: IdxFile, name: str) -> Path:
     for candidate in (folder / f"{spec.name}.gz", folder / spec.name):
         if candidate.is_file():
             return candidate
-    raise UserError(f"MNIST file {spec.name}.gz is missing from {folder}. {_FIX}")
+    raise UserError(f"{name} file {spec.name}.gz is missing from {folder}. {_fix(name)}")
 
 
-def read_idx(path: Path, spec: IdxFile) -> np.ndarray:
-    """Reads one IDX file (gzipped or not) and checks magic, shape, size and sha256."""
+def _check_bytes(path: Path, key: str, ds: Dataset, packed: bytes, raw: bytes) -> None:
+    """The file is the published one: its uncompressed bytes where their hash is known, else the
+    .gz itself against TFDS's registered checksum."""
+    if ds.sha256 is not None:
+        if hashlib.sha256(raw).hexdigest() != ds.sha256[key]:
+            raise UserError(
+                f"{ds.name} file {path} is damaged: the sha256 of its uncompressed bytes is not the known one "
+                f"for {IDX_FILES[key].name}. {_fix(ds.name)}"
+            )
+        return
+    _, checksum = registered_downloads(ds.name)[f"{IDX_FILES[key].name}.gz"]
+    if path.suffix != ".gz" or hashlib.sha256(packed).hexdigest() != checksum:
+        raise UserError(
+            f"{ds.name} file {path} is not the published {IDX_FILES[key].name}.gz: digitjax checks {ds.name}'s "
+            f"files against the sha256 TFDS registers for the .gz files. {_fix(ds.name)}"
+        )
+
+
+def read_idx(path: Path, key: str, ds: Dataset) -> np.ndarray:
+    """Reads one IDX file (gzipped or not) and checks magic, shape, size and its hash."""
+    spec = IDX_FILES[key]
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        packed = path.read_bytes()
+        raw = gzip.decompress(packed) if path.suffix == ".gz" else packed
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise UserError(f"MNIST file {path} is damaged: it is not a readable gzip file ({e}). {_FIX}")
+        raise UserError(f"{ds.name} file {path} is damaged: it is not a readable gzip file ({e}). {_fix(ds.name)}")
     ndim = len(spec.shape)
     header = 4 + 4 * ndim
     if len(raw) < 4 or int.from_bytes(raw[:4], "big") != spec.magic:
         found = raw[:4].hex() if len(raw) >= 4 else "nothing"
         raise UserError(
-            f"MNIST file {path} is damaged: wrong IDX magic number (expected {spec.magic:08x}, found {found}). {_FIX}"
+            f"{ds.name} file {path} is damaged: wrong IDX magic number (expected {spec.magic:08x}, found {found}). "
+            f"{_fix(ds.name)}"
         )
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if dims != spec.shape or len(raw) != header + int(np.prod(spec.shape)):
         raise UserError(
-            f"MNIST file {path} is damaged: expected shape {spec.shape} in "
-            f"{header + int(np.prod(spec.shape))} bytes, found {dims} in {len(raw)} bytes. {_FIX}"
+            f"{ds.name} file {path} is damaged: expected shape {spec.shape} in "
+            f"{header + int(np.prod(spec.shape))} bytes, found {dims} in {len(raw)} bytes. {_fix(ds.name)}"
         )
-    if hashlib.sha256(raw).hexdigest() != spec.sha256:
-        raise UserError(
-            f"MNIST file {path} is damaged: the sha256 of its uncompressed bytes is not the "
-            f"known one for {spec.name}. {_FIX}"
-        )
+    _check_bytes(path, key, ds, packed, raw)
     return np.frombuffer(raw, np.uint8, offset=header).reshape(spec.shape)
 
 
-def read_idx_dir(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads and checks the four MNIST IDX files of a folder."""
-    folder = Path(folder).expanduser()
+def read_idx_dir(folder: str | os.PathLike, name: str = "mnist") -> dict[str, np.ndarray]:
+    """Reads and checks the four IDX files of dataset `name` in a folder."""
+    ds, folder = dataset(name), Path(folder).expanduser()
     if not folder.is_dir():
-        raise UserError(f"MNIST folder {folder} does not exist. {_FIX}")
-    return {key: read_idx(_find(folder, spec), spec) for key, spec in IDX_FILES.items()}
+        raise UserError(f"{name} folder {folder} does not exist. {_fix(name)}")
+    return {key: read_idx(_find(folder, spec, name), key, ds) for key, spec in IDX_FILES.items()}
 
 
-def registered_downloads() -> dict[str, tuple[str, str]]:
-    """The stock TFDS `mnist` builder's own record of its files: name -> (URL, sha256 of the .gz)."""
+def _builder_base(name: str):
     from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-    return {info.filename: (url, info.checksum) for url, info in tfds_mnist.MNIST.url_infos.items()}
+    return getattr(tfds_mnist, dataset(name).builder)
 
 
-def download(dest: Path) -> Path:
-    """Downloads the four .gz files from where TFDS does, checked against TFDS's registered checksums."""
+def registered_downloads(name: str = "mnist") -> dict[str, tuple[str, str]]:
+    """The stock TFDS builder's own record of its files: name -> (URL, sha256 of the .gz)."""
+    return {info.filename: (url, info.checksum) for url, info in _builder_base(name).url_infos.items()}
+
+
+def download(name: str, dest: Path) -> Path:
+    """Downloads the dataset's four .gz files from where TFDS does, checked against TFDS's registered checksums."""
     dest.mkdir(parents=True, exist_ok=True)
-    registered = registered_downloads()
+    registered = registered_downloads(name)
     for spec in IDX_FILES.values():
-        name = f"{spec.name}.gz"
-        url, checksum = registered[name]
-        target = dest / name
+        file = f"{spec.name}.gz"
+        url, checksum = registered[file]
+        target = dest / file
         if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == checksum:
             continue
         try:
@@ -138,26 +201,24 @@ def download(dest: Path) -> Path:
                 payload = response.read()
         except OSError as e:
             raise UserError(
-                f"Could not download {url} ({e}). Without internet access, get the "
-                f"four MNIST IDX files some other way and pass their folder with --mnist_dir "
-                f"(or {MNIST_DIR_ENV})."
+                f"Could not download {url} ({e}). Without internet access, get the four {name} IDX files some "
+                f"other way and put them in <folder>/{name}/, then pass --idx_dir <folder> (or ${IDX_DIR_ENV})."
             )
         if hashlib.sha256(payload).hexdigest() != checksum:
             raise UserError(
-                f"The download of {name} does not match TFDS's registered checksum; try again "
-                f"later or use --mnist_dir with a local copy."
+                f"The download of {file} does not match TFDS's registered checksum; try again later or use "
+                f"--idx_dir with a local copy."
             )
         target.write_bytes(payload)
     return dest
 
 
-def _builder_class():
-    from tensorflow_datasets.image_classification import mnist as tfds_mnist
+@functools.cache
+def _builder_class(name: str):
+    base = _builder_base(name)
 
-    class ArraysMNIST(tfds_mnist.MNIST, skip_registration=True):
-        """The stock `mnist` builder, fed from checked arrays (of the IDX files) without TensorFlow."""
-
-        name = "mnist"
+    class FromArrays(base, skip_registration=True):
+        """The stock builder, fed from checked arrays (of the IDX files) without TensorFlow."""
 
         def __init__(self, *, arrays: dict[str, np.ndarray], **kwargs):
             self._arrays = arrays
@@ -176,69 +237,65 @@ def _builder_class():
             for index, (image, label) in enumerate(zip(images, labels)):
                 yield index, {"image": Image.fromarray(image), "label": int(label)}
 
-    return ArraysMNIST
+    FromArrays.name = name
+    return FromArrays
 
 
-def data_dir_or_default(data_dir: str | None) -> Path:
-    return Path(data_dir or os.environ.get(TFDS_DIR_ENV) or "~/tensorflow_datasets").expanduser()
+def _version_dir(root: Path, name: str) -> Path:
+    return root / name / str(_builder_base(name).VERSION)
 
 
-def _version_dir(root: Path) -> Path:
-    from tensorflow_datasets.image_classification import mnist as tfds_mnist
-
-    return root / "mnist" / str(tfds_mnist.MNIST.VERSION)
-
-
-def is_prepared(data_dir: str | None = None) -> bool:
-    """Whether the data dir holds TFDS `mnist` as array_record (digitjax's or anyone's): readable as is."""
-    info = _version_dir(data_dir_or_default(data_dir)) / "dataset_info.json"
-    return info.is_file() and any(info.parent.glob("mnist-train.array_record*"))
+def is_prepared(name: str, root: Path) -> bool:
+    """Whether `root` holds the TFDS dataset as array_record (digitjax's or anyone's): readable as is."""
+    info = _version_dir(root, name) / "dataset_info.json"
+    return info.is_file() and any(info.parent.glob(f"{name}-train.array_record*"))
 
 
-def readable_root(data_dir: str | None = None) -> Path:
-    """The TFDS data dir digitjax reads `mnist` from: the data dir itself, unless it holds another
-    copy (another format) there, which is left as it is; then digitjax's own beside it."""
-    root = data_dir_or_default(data_dir)
-    if is_prepared(str(root)) or not _version_dir(root).exists():
+def readable_root(name: str, paths: Paths) -> Path:
+    """The TFDS data dir digitjax reads dataset `name` from: the data dir itself, unless it holds
+    another copy (another format) there, which is left as it is; then digitjax's own beside it."""
+    root = paths.tfds_root()
+    if is_prepared(name, root) or not _version_dir(root, name).exists():
         return root
     return root / OWN_SUBDIR
 
 
-def prepare(data_dir: str | None = None, mnist_dir: str | None = None) -> Path:
-    """Writes TFDS `mnist` as array_record unless it is readable already; returns the data dir to read.
+def prepare(name: str = "mnist", paths: Paths = Paths()) -> Path:
+    """Writes TFDS dataset `name` as array_record unless it is readable already; returns the data dir to read.
 
-    Never deletes or rewrites a dataset it did not write: where the data dir holds another copy of
-    `mnist` (e.g. TFRecord, which only TensorFlow reads), digitjax writes its own under
-    `<data dir>/digitjax/` and says so."""
-    root = readable_root(data_dir)
-    if is_prepared(str(root)):
+    Never deletes or rewrites a dataset it did not write: where the data dir holds another copy
+    (e.g. TFRecord, which only TensorFlow reads), digitjax writes its own under `<data dir>/digitjax/`
+    and says so."""
+    root = readable_root(name, paths)
+    if is_prepared(name, root):
         return root
     if root.name == OWN_SUBDIR:
-        other = _version_dir(root.parent)
         print(
-            f"{other} holds TFDS mnist in a format digitjax cannot read without TensorFlow; it is left as it is. "
-            f"digitjax writes its own array_record copy to {_version_dir(root)}.",
+            f"{_version_dir(root.parent, name)} holds TFDS {name} in a format digitjax cannot read without "
+            f"TensorFlow; it is left as it is. digitjax writes its own array_record copy to "
+            f"{_version_dir(root, name)}.",
             file=sys.stderr,
         )
-    mnist_dir = mnist_dir or os.environ.get(MNIST_DIR_ENV)
-    idx_dir = Path(mnist_dir).expanduser() if mnist_dir else download(root / "downloads" / "mnist_idx")
+    folder = paths.idx_folder(name)
+    if folder is None or not folder.is_dir():
+        folder = download(name, root / "downloads" / f"{name}_idx")
     # Read and checked before TFDS creates anything.
-    return write_tfds(root, read_idx_dir(idx_dir))
+    return write_tfds(root, read_idx_dir(folder, name), name)
 
 
-def write_tfds(root: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Writes `arrays` (keyed as IDX_FILES: uint8 images NxHxW, labels N) as TFDS `mnist` under `root`,
-    which must not hold it yet.
+def write_tfds(root: Path, arrays: dict[str, np.ndarray], name: str = "mnist") -> Path:
+    """Writes `arrays` (keyed as IDX_FILES: uint8 images NxHxW, labels N) as TFDS dataset `name`
+    under `root`, which must not hold it yet.
 
     Built beside the target and moved into place, so an interrupted build leaves nothing that
-    looks prepared. Tests write synthetic digits this way; `prepare` writes MNIST's."""
+    looks prepared. Tests write synthetic images this way; `prepare` writes the real ones."""
     root = Path(root)
-    target = _version_dir(root)
+    target = _version_dir(root, name)
     if target.exists():
         raise UserError(f"{target} exists already; digitjax writes a dataset only where there is none.")
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".mnist-build-") as tmp:
-        builder = _builder_class()(arrays=arrays, data_dir=tmp, file_format="array_record")
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-build-") as tmp:
+        builder = _builder_class(name)(arrays=arrays, data_dir=tmp, file_format="array_record")
         builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(builder.data_dir, target)
@@ -251,23 +308,24 @@ class Split:
     labels_N: np.ndarray  # int32
 
 
-def load(split: str, data_dir: str | None = None, mnist_dir: str | None = None) -> Split:
-    """Loads a split (`train`, `test`, or any TFDS slice like `train[:5000]`) as uint8 arrays."""
+def load(name: str, split: str, paths: Paths = Paths()) -> Split:
+    """Loads a split of dataset `name` (`train`, `test`, or any TFDS slice like `train[:5000]`) as uint8 arrays."""
     import tensorflow_datasets as tfds
 
-    root = prepare(data_dir, mnist_dir)
-    source = tfds.data_source("mnist", split=split, data_dir=str(root))
+    root = prepare(name, paths)
+    source = tfds.data_source(name, split=split, data_dir=str(root))
     records = source.__getitems__(range(len(source)))
     images = np.stack([r["image"][..., 0] for r in records])
     labels = np.asarray([r["label"] for r in records], np.int32)
     return Split(images, labels)
 
 
-def splits(config, data_dir: str | None = None, mnist_dir: str | None = None) -> tuple[Split, dict[str, Split]]:
+def splits(config, paths: Paths = Paths()) -> tuple[Split, dict[str, Split]]:
     """The config's training split and the evaluated ones: test, and `val` when the config holds
     out `validation_size` training images; `train_size` keeps only the first N of the rest."""
-    train = load("train", data_dir, mnist_dir)
-    evaluated = {"test": load("test", data_dir, mnist_dir)}
+    name = dataset_of(config)
+    train = load(name, "train", paths)
+    evaluated = {"test": load(name, "test", paths)}
     if config.validation_size:
         # TFDS stores the training split shuffled, so its tail is a random held-out slice.
         v = config.validation_size
@@ -283,8 +341,10 @@ def splits(config, data_dir: str | None = None, mnist_dir: str | None = None) ->
 def _with_drawings(config, train: Split, evaluated: dict[str, Split]) -> Split:
     """MNIST's training split plus the canvas's labelled training drawings, each `drawings_weight`
     times; their test split is evaluated as `drawings` beside MNIST's."""
-    from digitjax import drawings
+    from digitjax.canvas import drawings
 
+    if dataset_of(config) != "mnist":
+        raise UserError(f"The canvas's drawings are digits: train on them with dataset mnist, not {config.dataset}.")
     found = drawings.load(config.drawings)
     images_NxHxW, labels_N = found["train"]
     w = config.get("drawings_weight", 1)
@@ -311,15 +371,17 @@ def main(argv=None) -> None:
 
     from digitjax.errors import exit_on_user_error
 
-    parser = argparse.ArgumentParser(description="Prepare TFDS mnist from local IDX files.")
+    parser = argparse.ArgumentParser(description="Prepare a TFDS dataset from local IDX files (or TFDS's download).")
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
     parser.add_argument("--data_dir", help=f"TFDS data dir (default ${TFDS_DIR_ENV} or ~/tensorflow_datasets)")
-    parser.add_argument("--mnist_dir", help=f"folder with the four IDX .gz files (default ${MNIST_DIR_ENV})")
+    parser.add_argument("--idx_dir", help=f"folder with a subfolder of IDX files per dataset (default ${IDX_DIR_ENV})")
     args = parser.parse_args(argv)
     with exit_on_user_error():
-        root = prepare(args.data_dir, args.mnist_dir)
+        paths = Paths(args.data_dir, args.idx_dir)
+        root = prepare(args.dataset, paths)
         for split in ("train", "test"):
-            s = load(split, str(root))
-            print(f"{split}: {len(s.labels_N)} images at {root / 'mnist'}")
+            s = load(args.dataset, split, paths)
+            print(f"{split}: {len(s.labels_N)} images at {root / args.dataset}")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,15 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from digitjax import augment, objectstore, parallel
+from digitjax import augment, data
+from digitjax import loss as loss_lib
 from digitjax import model as model_lib
 from digitjax.model import NUM_CLASSES
+from digitjax.runs import objectstore, parallel
 
 
 @nnx.jit(static_argnames="views")
@@ -42,7 +43,7 @@ def eval_step(
         logits_BxC = jnp.log(probs_VxBxC.mean(0))  # log-probabilities: softmax gives the average back
     else:
         logits_BxC = model(x_BxHxWx1)
-    losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
+    losses_B = loss_lib.per_example(logits_BxC, labels_B)  # the training loss, without its smoothing
     correct_B = jnp.argmax(logits_BxC, -1) == labels_B
     return jnp.sum(losses_B * mask_B), jnp.sum(correct_B * mask_B), logits_BxC
 
@@ -91,15 +92,16 @@ def confusion_matrix(labels_N: np.ndarray, predictions_N: np.ndarray) -> np.ndar
     return counts_CxC
 
 
-def report(workdir: epath.Path, step: int | None, data_dir: str | None, mnist_dir: str | None, plots: bool) -> dict:
-    from digitjax import checkpoint, data, onednn
+def report(workdir: epath.Path, step: int | None, paths: data.Paths, plots: bool) -> dict:
+    from digitjax.ops import onednn
+    from digitjax.runs import checkpoint
 
     onednn.prepare()  # conv=auto may use it: built before anything is traced
     restored = checkpoint.load_for_inference(workdir, step)
     for note in restored.notes:
         print(note, file=sys.stderr)
-    test = data.load("test", data_dir, mnist_dir)
     config = restored.config
+    test = data.load(data.dataset_of(config), "test", paths)
     device_batches = batches(test.images_NxHxW, test.labels_N, config.eval_batch_size)
     result = evaluate_arrays(restored.model, device_batches, len(test.labels_N), augment.TestViews.from_config(config))
     predictions_N = result["logits_NxC"].argmax(-1)
@@ -108,6 +110,8 @@ def report(workdir: epath.Path, step: int | None, data_dir: str | None, mnist_di
         "workdir": str(workdir),
         "step": restored.step,
         "model": restored.config.model,
+        "dataset": data.dataset_of(config),
+        "class_names": list(data.dataset(data.dataset_of(config)).class_names),
         "test_accuracy": result["accuracy"],
         "test_loss": result["loss"],
         "test_errors": int((predictions_N != test.labels_N).sum()),
@@ -125,8 +129,8 @@ def report(workdir: epath.Path, step: int | None, data_dir: str | None, mnist_di
     # Whole or not at all: the web app reads reports while it makes them.
     objectstore.write_text(out / "report.json", json.dumps(summary, indent=2) + "\n")
     if plots:
-        from digitjax import metrics
         from digitjax import plots as plots_lib
+        from digitjax.runs import metrics
 
         probs_NxC = np.asarray(jax.nn.softmax(result["logits_NxC"]))
         plots_lib.confusion(counts_CxC, out / "confusion.png")
@@ -154,8 +158,8 @@ def mistakes(labels_N: np.ndarray, probs_NxC: np.ndarray) -> list[dict]:
 
 def drawings_report(restored, store_or_dir: str) -> dict:
     """Accuracy, confusion matrix and mistakes on the test split of people's labelled drawings
-    (digitjax/drawings.py), where MNIST's test set says little about the canvas."""
-    from digitjax import drawings
+    (digitjax/canvas/drawings.py), where MNIST's test set says little about the canvas."""
+    from digitjax.canvas import drawings
 
     images_NxHxW, labels_N = drawings.load(store_or_dir)["test"]
     if not len(labels_N):
@@ -187,20 +191,21 @@ def main(argv=None) -> None:
 
     logging.set_verbosity(logging.ERROR)  # orbax and TFDS warn about nothing a user can act on
 
-    parser = argparse.ArgumentParser(description="Evaluate a trained digitjax checkpoint on the MNIST test set.")
+    parser = argparse.ArgumentParser(description="Evaluate a trained digitjax checkpoint on its dataset's test set.")
     parser.add_argument("--workdir", default="checkpoints/default", help="the run's directory")
     parser.add_argument("--step", type=int, help="checkpoint step (default: best by validation, else latest)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout, no plots")
     parser.add_argument("--data_dir", help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    parser.add_argument("--mnist_dir", help="folder with the four MNIST IDX files (default $DIGITJAX_MNIST_DIR)")
+    parser.add_argument("--idx_dir", help="folder with a subfolder of IDX files per dataset ($DIGITJAX_IDX_DIR)")
     parser.add_argument(
         "--drawings", help="also the test split of the canvas's labelled drawings: a store or an export"
     )
     args = parser.parse_args(argv)
     with exit_on_user_error():
-        summary = report(epath.Path(args.workdir), args.step, args.data_dir, args.mnist_dir, plots=not args.json)
+        paths = data.Paths(args.data_dir, args.idx_dir)
+        summary = report(epath.Path(args.workdir), args.step, paths, plots=not args.json)
         if args.drawings:
-            from digitjax import checkpoint
+            from digitjax.runs import checkpoint
 
             restored = checkpoint.load_for_inference(epath.Path(args.workdir), summary["step"])
             summary["drawings"] = drawings_report(restored, args.drawings)
@@ -208,9 +213,10 @@ def main(argv=None) -> None:
         print(json.dumps(summary))
         return
     accuracy, errors = summary["test_accuracy"], summary["test_errors"]
-    print(f"{args.workdir} step {summary['step']} ({summary['model']}): test accuracy {accuracy:.4%}, {errors} errors")
-    for c, acc in summary["per_class_accuracy"].items():
-        print(f"  digit {c}: {acc:.2%}")
+    run = f"{args.workdir} step {summary['step']} ({summary['model']}, {summary['dataset']})"
+    print(f"{run}: test accuracy {accuracy:.4%}, {errors} errors")
+    for name, acc in zip(summary["class_names"], summary["per_class_accuracy"].values()):
+        print(f"  {name}: {acc:.2%}")
     if drawn := summary.get("drawings"):
         if drawn["count"]:
             wrong = len(drawn["mistakes"])

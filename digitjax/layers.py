@@ -61,16 +61,14 @@ class Layer:
         }
 
 
-def describe(model: nnx.Module) -> list[Layer]:
-    """The layers `model` shows for one 28x28 digit (empty for a model that marks none), found by
-    tracing it: nothing of the forward pass runs, only the kernels are read."""
-    from digitjax.model import INPUT_SHAPE
-
+def describe(model: nnx.Module, input_shape_HWC: tuple[int, int, int]) -> list[Layer]:
+    """The layers `model` shows for one input of `input_shape_HWC` (empty for a model that marks
+    none), found by tracing it: nothing of the forward pass runs, only the kernels are read."""
     graphdef, state = nnx.split(model)
     names: list[str] = []
 
     def trace(state):
-        _, recorded = record(nnx.merge(graphdef, state), jnp.zeros((1, *INPUT_SHAPE), jnp.float32))
+        _, recorded = record(nnx.merge(graphdef, state), jnp.zeros((1, *input_shape_HWC), jnp.float32))
         names[:] = [name for name, _, _ in recorded]
         return [value for _, value, _ in recorded], [kernel for _, _, kernel in recorded]
 

@@ -1,4 +1,5 @@
-"""The model zoo: small Flax NNX CNNs for 28x28 digits, picked by name from a config.
+"""The model zoo: small Flax NNX CNNs for 28x28 images, a family picked by `config.model` and
+sized by `config.model_kwargs`.
 
 Each model marks the layers the canvas shows with `layers.show` (digitjax/layers.py); the last
 one marked, the last hidden layer, is the embedding its nearest training digits are found in.
@@ -6,8 +7,9 @@ one marked, the last hidden layer, is the embedding its nearest training digits 
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import importlib
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from digitjax import layers
-from digitjax.conv import Conv
+from digitjax.ops.conv import Conv
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (28, 28, 1)  # what `to_input` makes of one image: HWC
@@ -36,13 +38,23 @@ def max_pool_2x2(x_BxHxWxC: jax.Array) -> jax.Array:
 class Seed(nnx.Module):
     """The classic Keras MNIST CNN: two 3x3 convs, max-pool, dropout, dense 256, dropout."""
 
-    def __init__(self, *, rngs: nnx.Rngs, conv: str = "auto"):
-        self.conv1 = Conv(1, 32, (3, 3), padding="VALID", route=conv, rngs=rngs)
-        self.conv2 = Conv(32, 64, (3, 3), padding="VALID", route=conv, rngs=rngs)
-        self.drop1 = nnx.Dropout(0.25)
-        self.dense1 = nnx.Linear(12 * 12 * 64, 256, rngs=rngs)
-        self.drop2 = nnx.Dropout(0.5)
-        self.dense2 = nnx.Linear(256, NUM_CLASSES, rngs=rngs)
+    def __init__(
+        self,
+        *,
+        rngs: nnx.Rngs,
+        conv: str = "auto",
+        widths: tuple[int, int] = (32, 64),
+        hidden: int = 256,
+        dropout: tuple[float, float] = (0.25, 0.5),
+    ):
+        w1, w2 = widths
+        self.conv1 = Conv(1, w1, (3, 3), padding="VALID", route=conv, rngs=rngs)
+        self.conv2 = Conv(w1, w2, (3, 3), padding="VALID", route=conv, rngs=rngs)
+        self.drop1 = nnx.Dropout(dropout[0])
+        side = (INPUT_SHAPE[0] - 4) // 2  # two VALID 3x3 convs, one pool
+        self.dense1 = nnx.Linear(side * side * w2, hidden, rngs=rngs)
+        self.drop2 = nnx.Dropout(dropout[1])
+        self.dense2 = nnx.Linear(hidden, NUM_CLASSES, rngs=rngs)
 
     def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
         x = layers.show("conv1", nnx.relu(self.conv1(x_BxHxWx1)), self.conv1.kernel)
@@ -65,15 +77,24 @@ class Fast(nnx.Module):
     """A third of Seed's FLOPs: 'same' convs with a pool after each, batch norm for a high
     learning rate, and a narrow dense head."""
 
-    def __init__(self, *, rngs: nnx.Rngs, conv: str = "auto", widths: tuple[int, int] = (32, 64)):
+    def __init__(
+        self,
+        *,
+        rngs: nnx.Rngs,
+        conv: str = "auto",
+        widths: tuple[int, int] = (32, 64),
+        hidden: int = 128,
+        dropout: float = 0.25,
+    ):
         w1, w2 = widths
         self.conv1 = Conv(1, w1, (3, 3), use_bias=False, route=conv, rngs=rngs)
         self.bn1 = nnx.BatchNorm(w1, momentum=0.9, rngs=rngs)
         self.conv2 = Conv(w1, w2, (3, 3), use_bias=False, route=conv, rngs=rngs)
         self.bn2 = nnx.BatchNorm(w2, momentum=0.9, rngs=rngs)
-        self.drop = nnx.Dropout(0.25)
-        self.dense1 = nnx.Linear(7 * 7 * w2, 128, rngs=rngs)
-        self.dense2 = nnx.Linear(128, NUM_CLASSES, rngs=rngs)
+        self.drop = nnx.Dropout(dropout)
+        side = INPUT_SHAPE[0] // 4  # two pools
+        self.dense1 = nnx.Linear(side * side * w2, hidden, rngs=rngs)
+        self.dense2 = nnx.Linear(hidden, NUM_CLASSES, rngs=rngs)
 
     def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
         x = layers.show("conv1", nnx.relu(self.bn1(self.conv1(x_BxHxWx1))), self.conv1.kernel)
@@ -134,16 +155,29 @@ class SpaceToDepth(nnx.Module):
 
 
 class Deep(nnx.Module):
-    """For the best accuracy: two blocks of two batch-normed 3x3 convs, each block pooled,
-    then dense 256; ~5x Fast's FLOPs."""
+    """For the best accuracy: `blocks` blocks of two batch-normed 3x3 convs, each block pooled and
+    twice as wide as the one before, then a dense layer; ~5x Fast's FLOPs at the defaults."""
 
-    def __init__(self, *, rngs: nnx.Rngs, conv: str = "auto", width: int = 32):
-        widths = [(1, width), (width, width), (width, 2 * width), (2 * width, 2 * width)]
-        self.convs = nnx.List([Conv(i, o, (3, 3), use_bias=False, route=conv, rngs=rngs) for i, o in widths])
-        self.norms = nnx.List([nnx.BatchNorm(o, momentum=0.9, rngs=rngs) for _, o in widths])
-        self.drop = nnx.Dropout(0.3)
-        self.dense1 = nnx.Linear(7 * 7 * 2 * width, 256, rngs=rngs)
-        self.dense2 = nnx.Linear(256, NUM_CLASSES, rngs=rngs)
+    def __init__(
+        self,
+        *,
+        rngs: nnx.Rngs,
+        conv: str = "auto",
+        width: int = 32,
+        blocks: int = 2,
+        hidden: int = 256,
+        dropout: float = 0.3,
+    ):
+        outs = [width * 2**b for b in range(blocks) for _ in range(2)]
+        ins = [1, *outs[:-1]]
+        self.convs = nnx.List([Conv(i, o, (3, 3), use_bias=False, route=conv, rngs=rngs) for i, o in zip(ins, outs)])
+        self.norms = nnx.List([nnx.BatchNorm(o, momentum=0.9, rngs=rngs) for o in outs])
+        self.drop = nnx.Dropout(dropout)
+        side = INPUT_SHAPE[0]
+        for _ in range(blocks):
+            side //= 2
+        self.dense1 = nnx.Linear(side * side * outs[-1], hidden, rngs=rngs)
+        self.dense2 = nnx.Linear(hidden, NUM_CLASSES, rngs=rngs)
 
     def __call__(self, x_BxHxWx1: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
         x = x_BxHxWx1
@@ -156,38 +190,31 @@ class Deep(nnx.Module):
         return self.dense2(x)
 
 
-MODELS: dict[str, Callable[..., nnx.Module]] = {
-    "seed": Seed,
-    "fast": Fast,
-    # A sixth of Fast's FLOPs.
-    "small": functools.partial(Fast, widths=(8, 24)),
-    "deep": Deep,
-    "s2d": SpaceToDepth,
-    # The least time to 99% on a CPU (experiments/fast.py, whitened): the central 24x24 pixels.
-    "s2d24": functools.partial(SpaceToDepth, crop=2, widths=(24, 32), bn1_affine=False),
-    "s2d_wide": functools.partial(SpaceToDepth, widths=(32, 64)),
-    # fast995.py's model until the wider one below; kept so that runs trained with it still restore.
-    "s2d24_wide": functools.partial(SpaceToDepth, crop=2, widths=(32, 64), bn1_affine=False),
-    # fast995.py's model until the one below; kept so that runs trained with it still restore.
-    "s2d24_wider": functools.partial(SpaceToDepth, crop=2, widths=(32, 96), bn1_affine=False),
-    # The least time to 99.5% on a CPU (experiments/fast995.py, whitened): s2d24_wider with a
-    # dense layer of 256.
-    "s2d24_wider256": functools.partial(SpaceToDepth, crop=2, widths=(32, 96), bn1_affine=False, hidden=256),
+# A config names a family (`config.model`) and sets its sizes (`config.model_kwargs`).
+FAMILIES: dict[str, Callable[..., nnx.Module]] = {"seed": Seed, "fast": Fast, "s2d": SpaceToDepth, "deep": Deep}
+# Names earlier configs gave one family at set sizes: runs trained under them restore by them.
+ALIASES: dict[str, tuple[str, dict]] = {
+    "small": ("fast", {"widths": (8, 24)}),
+    "s2d24": ("s2d", {"crop": 2, "widths": (24, 32), "bn1_affine": False}),
+    "s2d_wide": ("s2d", {"widths": (32, 64)}),
+    "s2d24_wide": ("s2d", {"crop": 2, "widths": (32, 64), "bn1_affine": False}),
+    "s2d24_wider": ("s2d", {"crop": 2, "widths": (32, 96), "bn1_affine": False}),
+    "s2d24_wider256": ("s2d", {"crop": 2, "widths": (32, 96), "bn1_affine": False, "hidden": 256}),
 }
 
 
 def resolve(name: str) -> Callable[..., nnx.Module]:
-    """A model class by config name: one of MODELS, or `package.module:Name` for one defined
-    anywhere importable (a fork's own, e.g. `experiments.custom_model:MLP`)."""
+    """A model class by family name: one of FAMILIES, or `package.module:Name` for one defined
+    anywhere importable (a fork's own, e.g. `experiments.custom_model:TinyCNN`)."""
     from digitjax.errors import UserError
 
-    if name in MODELS:
-        return MODELS[name]
+    if name in FAMILIES:
+        return FAMILIES[name]
     module_name, _, attr = name.partition(":")
     if not attr:
         raise UserError(
-            f"Unknown model {name!r}; the config's `model` must be one of {sorted(MODELS)}, "
-            f"or `package.module:Name` for a model defined outside digitjax."
+            f"Unknown model {name!r}; the config's `model` must be one of {sorted(FAMILIES)} (older runs' "
+            f"{sorted(ALIASES)} restore too), or `package.module:Name` for a model defined outside digitjax."
         )
     try:
         return getattr(importlib.import_module(module_name), attr)
@@ -198,6 +225,50 @@ def resolve(name: str) -> Callable[..., nnx.Module]:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A model as a checkpoint records it: its family and every size argument, defaults included."""
+
+    family: str
+    kwargs: dict
+
+    def describe(self) -> dict:
+        return {"family": self.family, "kwargs": self.kwargs}
+
+
+def _sizes(cls: Callable[..., nnx.Module]) -> dict:
+    """The size arguments a family takes, with their defaults (all but rngs and conv)."""
+    params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name not in ("rngs", "conv")}
+
+
+def _as_tuples(value):
+    """JSON and ConfigDicts hand back lists where a config wrote tuples."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def spec(name: str, kwargs: dict | None = None) -> Spec:
+    """The full spec of model `name` (a family, an alias or `package.module:Name`) with `kwargs`
+    changing its sizes."""
+    from digitjax.errors import UserError
+
+    family, base = ALIASES.get(name, (name, {}))
+    sizes = _sizes(resolve(family))
+    changes = {**base, **{k: _as_tuples(v) for k, v in (kwargs or {}).items()}}
+    if unknown := sorted(set(changes) - set(sizes)):
+        raise UserError(
+            f"model_kwargs {unknown} are not sizes of model {name!r}, which takes {sorted(sizes)}. When you change "
+            f"the config's model, set its model_kwargs to that family's (experiments/default.py shows each)."
+        )
+    return Spec(family, {**sizes, **changes})
+
+
+def spec_of(config) -> Spec:
+    """The model spec of a config (configs written before `model_kwargs` name an alias or a family)."""
+    kwargs = config.get("model_kwargs") or {}
+    return spec(config.model, kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs))
+
+
 def ignored_border(model: nnx.Module) -> int:
     """Pixels on each border of the 28x28 input that `model` never looks at: a `crop` it
     declares (SpaceToDepth's; a model of your own may declare one too), else 0. Augmentation
@@ -205,7 +276,8 @@ def ignored_border(model: nnx.Module) -> int:
     return int(getattr(model, "crop", 0))
 
 
-def create(name: str, seed: int, conv: str = "auto", **kwargs) -> nnx.Module:
-    """Builds a model by config name (`resolve`) with parameters drawn from `seed`, its
-    convolutions computed by route `conv` (digitjax/conv.py)."""
-    return resolve(name)(rngs=nnx.Rngs(params=seed), conv=conv, **kwargs)
+def create(name: str | Spec, seed: int, conv: str = "auto", **kwargs) -> nnx.Module:
+    """Builds a model (a Spec, or a name as `spec` takes it, with `kwargs`) with parameters drawn
+    from `seed`, its convolutions computed by route `conv` (digitjax/ops/conv.py)."""
+    model = name if isinstance(name, Spec) else spec(name, kwargs)
+    return resolve(model.family)(rngs=nnx.Rngs(params=seed), conv=conv, **model.kwargs)

@@ -7,7 +7,7 @@ Re-running a command resumes from the latest checkpoint in its workdir. SIGTERM 
 Ctrl-C) saves a checkpoint at the current step and stops. The training itself is
 `digitjax/trainer.py`.
 
-Every device of every process trains, data-parallel (digitjax/parallel.py). Several hosts run the
+Every device of every process trains, data-parallel (digitjax/runs/parallel.py). Several hosts run the
 same command, each with its process flags (or none, where JAX finds them, as on Cloud TPU):
 
     python -m digitjax.train --coordinator_address host0:1234 --num_processes 2 --process_id 0
@@ -26,8 +26,9 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from digitjax import orbax_internals, parallel, trainer
+from digitjax import data, trainer
 from digitjax.errors import UserError, exit_on_user_error
+from digitjax.runs import orbax_internals, parallel
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -36,8 +37,11 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default checkpoints/<config file name>.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).")
-_MNIST_DIR = flags.DEFINE_string(
-    "mnist_dir", None, "Folder with the four MNIST IDX .gz files (default $DIGITJAX_MNIST_DIR)."
+_IDX_DIR = flags.DEFINE_string(
+    "idx_dir",
+    None,
+    "Folder with a subfolder of IDX files per dataset, named for it (mnist/, fashion_mnist/, kmnist/); default "
+    "$DIGITJAX_IDX_DIR. A dataset without one is downloaded by TFDS.",
 )
 
 _COORDINATOR = flags.DEFINE_string(
@@ -95,7 +99,7 @@ def main(argv) -> None:
     jax.config.update("jax_compilation_cache_dir", cache)
     started = time.perf_counter()
     with exit_on_user_error():
-        result = trainer.train_and_evaluate(_CONFIG.value, workdir, _DATA_DIR.value, _MNIST_DIR.value)
+        result = trainer.train_and_evaluate(_CONFIG.value, workdir, data.Paths(_DATA_DIR.value, _IDX_DIR.value))
     if "stopped_by" in result:
         sys.exit(130 if result["stopped_by"] == signal.SIGINT else 0)
     if not parallel.is_main():

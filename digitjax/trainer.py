@@ -1,8 +1,8 @@
-"""Training: the state, the loss, the jitted steps and the loop that runs, evaluates and saves them.
+"""Training: the jitted steps and the loop that runs, evaluates and saves them.
 
 The recipe's parts each live in one place: the model in `digitjax/model.py`, the optimizer and
 schedule in `digitjax/optim.py`, the data in `digitjax/data.py`, the augmentation in
-`digitjax/augment.py`, the loss in `loss_fn` below. `python -m digitjax.train` (digitjax/train.py)
+`digitjax/augment.py`, the loss in `digitjax/loss.py`. `python -m digitjax.train` (digitjax/train.py)
 parses the flags and calls `train_and_evaluate`.
 """
 
@@ -25,29 +25,20 @@ from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
-from digitjax import augment, conv, data, evaluate, onednn, optim, parallel, preemption, profiling, whitening
-from digitjax import checkpoint as checkpoint_lib
-from digitjax import metrics as metrics_lib
+from digitjax import augment, data, evaluate, optim, whitening
+from digitjax import loss as loss_lib
 from digitjax import model as model_lib
-from digitjax import workdir as workdir_lib
 from digitjax.errors import UserError
+from digitjax.ops import conv, onednn
+from digitjax.runs import checkpoint as checkpoint_lib
+from digitjax.runs import metrics as metrics_lib
+from digitjax.runs import parallel, preemption, profiling
+from digitjax.runs import workdir as workdir_lib
+from digitjax.state import TrainState
 
-AUGMENT_STREAM = 0xA06  # folded into the step key: augmentation draws apart from dropout's
-
-
-class TrainState(nnx.Module):
-    """Everything a training step changes: the model, its optimizer, the running metrics and,
-    in runs that keep one, the average of the weights that is evaluated and served."""
-
-    def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer, metrics: nnx.MultiMetric, ema=None):
-        self.model = model
-        self.optimizer = optimizer
-        self.metrics = metrics
-        self.ema = ema
-
-    @property
-    def evaluated(self) -> nnx.Module:
-        return self.ema if self.ema is not None else self.model
+# Any constant other than 0 would do: folded into the step key, it gives augmentation random
+# draws of its own, independent of dropout's (which use the step key itself).
+AUGMENT_STREAM = 0xA06
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +57,8 @@ class Options:
         return cls(aug, config.get("ema_decay", 0.0), split, config.get("label_smoothing", 0.0))
 
 
-class Batches(NamedTuple):
-    """Where the steps draw their batches from, on the device: the training split and the epoch's order."""
+class TrainingSet(NamedTuple):
+    """The whole training split on the device, and the epoch's order the steps draw their batches in."""
 
     images_NxHxW: jax.Array  # uint8
     labels_N: jax.Array  # int32
@@ -75,17 +66,17 @@ class Batches(NamedTuple):
 
 
 def loss_fn(model: nnx.Module, x_BxHxWx1: jax.Array, labels_B: jax.Array, key: jax.Array, smoothing: float = 0.0):
-    """The training loss (cross-entropy against labels smoothed by `smoothing`) and its logits."""
+    """The batch's mean training loss (digitjax/loss.py, with the training-only label smoothing)
+    and its logits."""
     logits_BxC = model(x_BxHxWx1, rngs=nnx.Rngs(dropout=key))
-    targets_BxC = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BxC.shape[-1]), smoothing)
-    return optax.softmax_cross_entropy(logits_BxC, targets_BxC).mean(), logits_BxC
+    return loss_lib.per_example(logits_BxC, labels_B, smoothing).mean(), logits_BxC
 
 
-def _apply_step(state: TrainState, batches: Batches, index: jax.Array, key: jax.Array, options: Options) -> None:
+def _apply_step(state: TrainState, train_set: TrainingSet, index: jax.Array, key: jax.Array, options: Options) -> None:
     """One optimizer step on batch `index` of the epoch's order; data never leaves the device."""
-    batch_B = batches.order_SxB[index]
-    labels_B = batches.labels_N[batch_B]
-    images_BxHxW = batches.images_NxHxW[batch_B]
+    batch_B = train_set.order_SxB[index]
+    labels_B = train_set.labels_N[batch_B]
+    images_BxHxW = train_set.images_NxHxW[batch_B]
     if options.batch_sharding is not None:
         images_BxHxW = jax.lax.with_sharding_constraint(images_BxHxW, options.batch_sharding)
         labels_B = jax.lax.with_sharding_constraint(labels_B, options.batch_sharding)
@@ -109,16 +100,16 @@ def _apply_step(state: TrainState, batches: Batches, index: jax.Array, key: jax.
 
 
 train_step = nnx.jit(_apply_step, static_argnames="options")
-train_step.__doc__ = "One jitted optimizer step: `train_step(state, batches, index, key, options)`."
+train_step.__doc__ = "One jitted optimizer step: `train_step(state, train_set, index, key, options)`."
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def _steps(static: tuple, state: nnx.State, batches: Batches, first_index, num_steps, key) -> tuple:
+def _steps(static: tuple, state: nnx.State, train_set: TrainingSet, first_index, num_steps, key) -> tuple:
     graphdef, options = static
 
     def body(i, state):
         train_state = nnx.merge(graphdef, state)
-        _apply_step(train_state, batches, first_index + i, key, options)
+        _apply_step(train_state, train_set, first_index + i, key, options)
         return nnx.state(train_state)
 
     state = jax.lax.fori_loop(0, num_steps, body, state)
@@ -127,21 +118,23 @@ def _steps(static: tuple, state: nnx.State, batches: Batches, first_index, num_s
 
 
 def train_steps(
-    state: TrainState, batches: Batches, first_index: int, num_steps: int, key: jax.Array, options: Options
+    state: TrainState, train_set: TrainingSet, first_index: int, num_steps: int, key: jax.Array, options: Options
 ) -> jax.Array:
     """`num_steps` steps from batch `first_index` of the epoch in one dispatch: no host work between
     them, the state's buffers donated and updated in place. Returns the step count after them, an
     array that is ready once they have run."""
     graphdef, arrays = nnx.split(state)
-    arrays, done = _steps((graphdef, options), arrays, batches, first_index, num_steps, key)
+    arrays, done = _steps((graphdef, options), arrays, train_set, first_index, num_steps, key)
     nnx.update(state, arrays)
     return done
 
 
-def lower_train_steps(state: TrainState, batches: Batches, key: jax.Array, options: Options) -> jax.stages.Lowered:
+def lower_train_steps(
+    state: TrainState, train_set: TrainingSet, key: jax.Array, options: Options
+) -> jax.stages.Lowered:
     """`train_steps`' computation of one step, lowered (not run): for its cost analysis and HLO."""
     graphdef, arrays = nnx.split(state)
-    return _steps.lower((graphdef, options), arrays, batches, 0, 1, key)
+    return _steps.lower((graphdef, options), arrays, train_set, 0, 1, key)
 
 
 def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
@@ -149,7 +142,7 @@ def create_model(config: ml_collections.ConfigDict) -> nnx.Module:
     a message) where the route may use them, so that no compiler runs while a step is traced."""
     if conv_route(config) in ("auto", "onednn"):
         onednn.prepare()
-    return model_lib.create(config.model, config.seed, conv=conv_route(config))
+    return model_lib.create(model_lib.spec_of(config), config.seed, conv=conv_route(config))
 
 
 def create_train_state(
@@ -231,7 +224,7 @@ class Clock:
 
 
 @dataclasses.dataclass
-class Run:
+class Training:
     """One training run as the loop's parts share it."""
 
     config: ml_collections.ConfigDict
@@ -239,7 +232,7 @@ class Run:
     state: TrainState
     options: Options
     schedule: optax.Schedule
-    batches: Batches
+    train_set: TrainingSet
     num_train: int  # training images (the device copy is padded to split over the devices)
     evaluations: dict[str, tuple[list, int]]  # split name -> (device batches, images): test, and val if held out
     ckpts: checkpoint_lib.RunCheckpoints
@@ -267,8 +260,7 @@ class Run:
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | epath.Path,
-    data_dir: str | None = None,
-    mnist_dir: str | None = None,
+    paths: data.Paths | None = None,
 ) -> dict:
     """Trains until `config.num_epochs`, resuming from workdir; returns the last evaluation.
 
@@ -276,14 +268,14 @@ def train_and_evaluate(
     """
     workdir = epath.Path(workdir)
     with preemption.StopRequest() as stop, workdir_lib.out_of_space_as_user_error(workdir):
-        run = start(config, workdir, data_dir, mnist_dir)
+        run = start(config, workdir, paths or data.Paths())
         try:
             return _loop(run, stop)
         finally:
             _close(run)
 
 
-def start(config: ml_collections.ConfigDict, workdir: epath.Path, data_dir: str | None, mnist_dir: str | None) -> Run:
+def start(config: ml_collections.ConfigDict, workdir: epath.Path, paths: data.Paths) -> Training:
     """Loads the data onto the devices, builds the state and resumes it from the workdir's latest checkpoint."""
     workdir_lib.check_ours(workdir)  # before anything is loaded: a foreign folder or a missing bucket
     if config.batch_size % jax.device_count():
@@ -292,7 +284,7 @@ def start(config: ml_collections.ConfigDict, workdir: epath.Path, data_dir: str 
             f"run; pick a multiple of {jax.device_count()} (--config.batch_size=...)."
         )
     say = tqdm.write if parallel.is_main() else lambda *args, **kwargs: None  # one process speaks for all
-    batches, train_images_NxHxW, evaluations = _put_data(config, data_dir, mnist_dir)
+    train_set, train_images_NxHxW, evaluations = _put_data(config, paths)
     num_train = len(train_images_NxHxW)
     state, schedule = create_train_state(
         config, config.num_epochs * (num_train // config.batch_size), train_images_NxHxW
@@ -303,6 +295,8 @@ def start(config: ml_collections.ConfigDict, workdir: epath.Path, data_dir: str 
     ckpts = checkpoint_lib.RunCheckpoints(workdir, config)
     meta = {
         "model": config.model,
+        "model_spec": model_lib.spec_of(config).describe(),
+        "dataset": data.dataset_of(config),
         "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
         "processes": jax.process_count(),
@@ -312,7 +306,7 @@ def start(config: ml_collections.ConfigDict, workdir: epath.Path, data_dir: str 
     }
     options = Options.from_config(config)
     trace = profiling.StepTrace(tuple(config.get("profile_steps", ())), metrics_lib.tensorboard_dir(workdir))
-    run = Run(config, workdir, state, options, schedule, batches, num_train, evaluations, ckpts, meta, say)
+    run = Training(config, workdir, state, options, schedule, train_set, num_train, evaluations, ckpts, meta, say)
     try:
         _resume(run)
         run.trace = trace
@@ -326,7 +320,7 @@ def start(config: ml_collections.ConfigDict, workdir: epath.Path, data_dir: str 
         raise
 
 
-def _resume(run: Run) -> None:
+def _resume(run: Training) -> None:
     """Restores the workdir's latest checkpoint into the run, if it has one, and derives the run's keys."""
     for note in run.ckpts.notes:
         run.say(note, file=sys.stderr)
@@ -341,14 +335,15 @@ def _resume(run: Run) -> None:
     run.data_key, run.dropout_key = jax.random.split(run.rng)
 
 
-def _init_from(run: Run) -> None:
+def _init_from(run: Training) -> None:
     """A fresh run starts from another run's trained model (fine-tuning) rather than at random."""
     source = run.config.init_from
     restored = checkpoint_lib.load_for_inference(source)
-    if restored.config.model != run.config.model:
+    theirs, ours = model_lib.spec_of(restored.config), model_lib.spec_of(run.config)
+    if theirs != ours:
         raise UserError(
-            f"init_from {source} trained model {restored.config.model!r}, this config's is {run.config.model!r}; "
-            f"set --config.model={restored.config.model} or init from a run of the same model."
+            f"init_from {source} trained model {theirs.describe()}, this config's is {ours.describe()}; set the "
+            f"config's model and model_kwargs to that run's, or init from a run of the same model."
         )
     trained = parallel.put(nnx.state(restored.model), parallel.replicated())
     for module in filter(None, (run.state.model, run.state.ema)):
@@ -356,10 +351,10 @@ def _init_from(run: Run) -> None:
     run.say(f"Starting from {source} (step {restored.step}).", file=sys.stderr)
 
 
-def _put_data(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir: str | None):
-    """The training split on the devices (`Batches` without an order yet) and its images on the
+def _put_data(config: ml_collections.ConfigDict, paths: data.Paths):
+    """The training split on the devices (`TrainingSet` without an order yet) and its images on the
     host, and the evaluated splits."""
-    train, evaluated = data.splits(config, data_dir, mnist_dir)
+    train, evaluated = data.splits(config, paths)
     sharding = parallel.split() if config.eval_batch_size % jax.device_count() == 0 else parallel.replicated()
     evaluations = {
         name: (evaluate.batches(s.images_NxHxW, s.labels_N, config.eval_batch_size, sharding), len(s.labels_N))
@@ -368,10 +363,10 @@ def _put_data(config: ml_collections.ConfigDict, data_dir: str | None, mnist_dir
     # The training set lives on the devices, split along its first axis (padded to split evenly;
     # the padding is never drawn). Each step gathers its batch from the shards, split over the mesh.
     images, labels = parallel.put(parallel.pad_to_split((train.images_NxHxW, train.labels_N)), parallel.split())
-    return Batches(images, labels, None), train.images_NxHxW, evaluations
+    return TrainingSet(images, labels, None), train.images_NxHxW, evaluations
 
 
-def _loop(run: Run, stop: preemption.StopRequest) -> dict:
+def _loop(run: Training, stop: preemption.StopRequest) -> dict:
     """Dispatches steps until the last epoch ends or a signal arrives; returns the last evaluation."""
     result, in_flight, stopping = {}, None, False
     run.log_start = (time.perf_counter(), run.step)
@@ -392,18 +387,18 @@ def _loop(run: Run, stop: preemption.StopRequest) -> dict:
     return result
 
 
-def _dispatch(run: Run) -> jax.Array:
+def _dispatch(run: Training) -> jax.Array:
     """Steps up to the next log, checkpoint or epoch end (at most `steps_per_dispatch`) in one dispatch."""
-    c, step, per_epoch = run.config, run.step, run.steps_per_epoch
-    if run.batches.order_SxB is None or step % per_epoch == 0:
-        order_SxB = data.epoch_order(run.data_key, step // per_epoch, run.num_train, c.batch_size)
-        run.batches = run.batches._replace(order_SxB=order_SxB)
-    periods = (c.log_every_steps, c.checkpoint_every_steps, per_epoch, _eval_every(c) or per_epoch)
-    ends = [step + p - step % p for p in periods] + [run.total_steps, step + c.steps_per_dispatch]
+    config, step, per_epoch = run.config, run.step, run.steps_per_epoch
+    if run.train_set.order_SxB is None or step % per_epoch == 0:
+        order_SxB = data.epoch_order(run.data_key, step // per_epoch, run.num_train, config.batch_size)
+        run.train_set = run.train_set._replace(order_SxB=order_SxB)
+    periods = (config.log_every_steps, config.checkpoint_every_steps, per_epoch, _eval_every(config) or per_epoch)
+    ends = [step + p - step % p for p in periods] + [run.total_steps, step + config.steps_per_dispatch]
     until = min(ends + run.trace.boundaries(step))
     run.trace.before_dispatch(step)
     started = time.perf_counter()
-    done = train_steps(run.state, run.batches, step % per_epoch, until - step, run.dropout_key, run.options)
+    done = train_steps(run.state, run.train_set, step % per_epoch, until - step, run.dropout_key, run.options)
     run.clock.dispatched(started)
     run.trace.after_dispatch(until, done)
     run.bar.update(until - step)
@@ -411,13 +406,13 @@ def _dispatch(run: Run) -> jax.Array:
     return done
 
 
-def _after_dispatch(run: Run) -> dict | None:
+def _after_dispatch(run: Training) -> dict | None:
     """Logs, evaluates and saves where the step calls for it; returns the evaluation at an epoch's end."""
-    step, c = run.step, run.config
+    step, config = run.step, run.config
     end_of_epoch = step % run.steps_per_epoch == 0
-    log_now = end_of_epoch or step % c.log_every_steps == 0
-    save_now = end_of_epoch or step % c.checkpoint_every_steps == 0
-    every = _eval_every(c)
+    log_now = end_of_epoch or step % config.log_every_steps == 0
+    save_now = end_of_epoch or step % config.checkpoint_every_steps == 0
+    every = _eval_every(config)
     eval_now = end_of_epoch or (every and step % every == 0)
     if not (log_now or save_now or eval_now):
         return None
@@ -437,7 +432,7 @@ def _eval_every(config: ml_collections.ConfigDict) -> int:
     return config.get("eval_every_steps", 0)  # configs written before the field: epoch ends only
 
 
-def _log_train(run: Run) -> None:
+def _log_train(run: Training) -> None:
     """Writes the training metrics since the last log; the loop's only host sync besides saving."""
     values = {k: float(v) for k, v in run.state.metrics.compute().items()}
     run.state.metrics.reset()
@@ -452,7 +447,7 @@ def _log_train(run: Run) -> None:
     )
 
 
-def _evaluate(run: Run) -> dict:
+def _evaluate(run: Training) -> dict:
     """Evaluates the test split (and the validation split) at the current step, and says so."""
     step, seconds = run.step, run.clock.seconds
     result = {"step": step, "epoch": step // run.steps_per_epoch, "train_seconds": seconds}
@@ -473,7 +468,7 @@ def _evaluate(run: Run) -> dict:
     return result
 
 
-def _save(run: Run, extra: dict | None = None) -> None:
+def _save(run: Training, extra: dict | None = None) -> None:
     """Checkpoints the current step (once), unless the parameters are no longer finite."""
     if run.ckpts.has(run.step):
         return
@@ -483,7 +478,7 @@ def _save(run: Run, extra: dict | None = None) -> None:
     run.ckpts.save(run.step, run.state, run.rng, meta | (extra or {}))
 
 
-def _stop(run: Run, signum: int) -> dict:
+def _stop(run: Training, signum: int) -> dict:
     """Saves the current step for a signal and says how to resume."""
     run.clock.stop(run.state)
     _save(run)
@@ -495,7 +490,7 @@ def _stop(run: Run, signum: int) -> dict:
     return {"stopped_by": signum}
 
 
-def _close(run: Run) -> None:
+def _close(run: Training) -> None:
     run.trace.stop()
     run.bar.close()
     try:

@@ -9,12 +9,15 @@ each (99.0% after ~2.3 s, 99.5% after ~4.4 s); an earlier run gave 99.71% +- 0.0
 2-core CPU an epoch takes minutes.
 """
 
+import ml_collections
+
 from experiments import default
 
 
 def get_config():
     c = default.get_config()
     c.model = "deep"
+    c.model_kwargs = ml_collections.ConfigDict(dict(width=32, blocks=2, hidden=256, dropout=0.3))
     c.num_epochs = 30
     c.validation_size = 0
     c.augment_rotate_deg = 10.0

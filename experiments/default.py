@@ -12,9 +12,11 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.model = "fast"  # a name in digitjax.model.MODELS
+    c.dataset = "mnist"  # mnist | fashion_mnist | kmnist: a TFDS 28x28 grayscale set of 10 classes (digitjax/data.py)
+    c.model = "fast"  # a family in digitjax.model.FAMILIES (seed | fast | s2d | deep), or package.module:Name
+    c.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 64), hidden=128, dropout=0.25))  # all its sizes
     c.seed = 0  # parameters, data order and dropout all derive from it
-    c.conv = "auto"  # auto | xla | onednn | winograd | shifted (digitjax/conv.py); auto's choice is logged
+    c.conv = "auto"  # auto | xla | onednn | winograd | shifted (digitjax/ops/conv.py); auto's choice is logged
     c.batch_size = 128  # images per optimizer step
     c.num_epochs = 5  # passes over the training images
     c.optimizer = "adam"  # adam | adamw | adadelta | sgd (Nesterov momentum 0.9)

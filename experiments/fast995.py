@@ -1,11 +1,11 @@
-"""Least time to 99.5% test accuracy on a CPU: the `s2d24_wider256` CNN (`s2d24` of
-experiments/fast.py with 32 and 96 channels and a dense layer of 256, conv1 whitened and frozen),
+"""Least time to 99.5% test accuracy on a CPU: the `s2d` CNN of experiments/fast.py
+with 32 and 96 channels and a dense layer of 256 (conv1 whitened and frozen),
 6 epochs of shifted, rotated and zoomed digits in batches of 256 with label smoothing, an average
 of the weights, and a test-time mean over 13 views: the image, its 1-pixel shifts, and 8 rotations
 (+-8 degrees) and zooms (+-8%).
 
     python -m experiments.seeds --config experiments/fast995.py --seeds 5
-    python -m digitjax.bench --config experiments/fast995.py --accuracy
+    python -m digitjax.tools.bench --config experiments/fast995.py --accuracy
 
 Picked, like experiments/fast.py, from runs whose test accuracy was read: seeds 0 and 1 of each
 change, seeds 0-4 for the dense layer of 256, and the test-time views on 18 checkpoints of near
@@ -13,12 +13,15 @@ recipes; the screens and the figures by machine are in experiments/RESULTS.md ("
 99.5%").
 """
 
+import ml_collections
+
 from experiments import default
 
 
 def get_config():
     c = default.get_config()
-    c.model = "s2d24_wider256"
+    c.model = "s2d"
+    c.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 96), hidden=256, dropout=0.0, crop=2, bn1_affine=False))
     c.whiten_conv1 = True
     c.num_epochs = 6
     c.batch_size = 256  # more images/s than 128 on 2 cores, AVX2 and AVX-512 (experiments/RESULTS.md)

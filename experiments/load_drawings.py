@@ -79,7 +79,7 @@ def load(port: int, pngs: list[bytes], labels: np.ndarray, clients: int, acknowl
 
 def check(store: Path, pngs: list[bytes], labels: np.ndarray, acknowledged: dict[int, int]) -> dict:
     """Each acknowledged drawing once, with its label, its PNG and the input that PNG makes."""
-    from digitjax import preprocess
+    from digitjax.canvas import preprocess
 
     conn = sqlite3.connect(store)
     rows = {r[0]: r[1:] for r in conn.execute("SELECT id, label, png, input FROM drawings")}
@@ -118,7 +118,7 @@ def main() -> None:
         args.clients, args.drawings = 8, 200
     logging.set_verbosity(logging.ERROR)
 
-    images = data.load("test").images_NxHxW
+    images = data.load("mnist", "test").images_NxHxW
     rng = np.random.default_rng(0)
     first, second = canvases(images, args.drawings, 1), canvases(images[::-1], args.drawings, 2)
     labels1, labels2 = rng.integers(0, 10, args.drawings), rng.integers(0, 10, args.drawings)

@@ -48,7 +48,8 @@ def rss_mb(pid: int) -> float:
 
 def expected_answers(workdir: str, images_NxHxW: np.ndarray) -> tuple[list, list]:
     """What the server must answer for each image: its 28x28 input and its probabilities."""
-    from digitjax import checkpoint, preprocess
+    from digitjax.canvas import preprocess
+    from digitjax.runs import checkpoint
     from webui.serving import Predictor
 
     predict = Predictor(checkpoint.load_for_inference(workdir).model, index=None, k=0)
@@ -78,7 +79,7 @@ def main() -> None:
     from digitjax import data
 
     logging.set_verbosity(logging.ERROR)  # orbax notes that it opened the run read-only
-    test = data.load("test")
+    test = data.load("mnist", "test")
     images = test.images_NxHxW[: args.check]
     inputs, probabilities = expected_answers(args.workdir, images)
     bodies = [json.dumps({"pixels": image.ravel().tolist()}).encode() for image in images]

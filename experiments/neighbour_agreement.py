@@ -53,7 +53,7 @@ def main() -> None:
     runs = app.extensions["digitjax"]
     if runs.problem:
         raise SystemExit(runs.problem)
-    print(json.dumps(measure(runs.runs[runs.default], data.load("test"), args.n)))
+    print(json.dumps(measure(runs.runs[runs.default], data.load("mnist", "test"), args.n)))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10000)
     args = parser.parse_args()
     app = create_app({"WORKDIR": args.workdir, "CHECKPOINTS_DIR": str(Path(args.workdir).parent)})
-    print(json.dumps(measure(app, data.load("test"), args.n)))
+    print(json.dumps(measure(app, data.load("mnist", "test"), args.n)))
 
 
 if __name__ == "__main__":

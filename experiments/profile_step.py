@@ -18,7 +18,8 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from digitjax import bench, trainer
+from digitjax import trainer
+from digitjax.tools import bench
 
 
 def device_events(trace: dict) -> list[dict]:

@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.set_verbosity(logging.ERROR)
 
-    train = data.load("train")
+    train = data.load("mnist", "train")
     rng = np.random.default_rng(args.seed)
     # The last images of TFDS's training split: the trainer's held-out validation slice, so no
     # drawing is made from a digit the run trained on.

@@ -7,12 +7,15 @@ fifth), seed 0; 343 s of wall time for the whole command on the 2-core CPU machi
 epoch of training with oneDNN's convolutions (digitjax's own: 99.25%, ~54 s an epoch).
 """
 
+import ml_collections
+
 from experiments import default
 
 
 def get_config():
     c = default.get_config()
     c.model = "seed"
+    c.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 64), hidden=256, dropout=(0.25, 0.5)))
     c.num_epochs = 10
     c.optimizer = "adadelta"
     c.learning_rate = 1.0

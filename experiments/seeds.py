@@ -20,7 +20,7 @@ from absl import logging
 
 
 def summarize(workdir: Path) -> dict:
-    from digitjax.metrics import TARGETS, read, time_to
+    from digitjax.runs.metrics import TARGETS, read, time_to
 
     records = read(workdir)
     tests = [r for r in records if r["split"] == "test"]
@@ -30,9 +30,10 @@ def summarize(workdir: Path) -> dict:
 
 
 def main() -> None:
-    from digitjax import bench, trainer
+    from digitjax import trainer
     from digitjax.errors import exit_on_user_error
-    from digitjax.metrics import TARGETS
+    from digitjax.runs.metrics import TARGETS
+    from digitjax.tools import bench
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="recipe file, e.g. experiments/fast.py")

@@ -2,7 +2,7 @@
 prepared once per session into a temporary TFDS dir, for the tests marked slow.
 
     python -m pytest -m "not slow" -n 2             # the fast tier: no MNIST
-    python -m pytest -n 2 --dist loadfile           # everything (CI), MNIST from $DIGITJAX_MNIST_DIR
+    python -m pytest -n 2 --dist loadfile           # everything (CI), MNIST from $DIGITJAX_IDX_DIR/mnist
 """
 
 import hashlib
@@ -118,13 +118,31 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None], copy:
     return own
 
 
+def _synthetic_arrays() -> dict[str, np.ndarray]:
+    (train_images, train_labels), (test_images, test_labels) = synthetic_digits(3000, 0), synthetic_digits(500, 1)
+    return {"train_images": train_images, "train_labels": train_labels} | {
+        "test_images": test_images,
+        "test_labels": test_labels,
+    }
+
+
 @pytest.fixture(scope="session")
 def synthetic_tfds(tmp_path_factory) -> Path:
     """A TFDS data dir whose `mnist` holds 3,000 synthetic training and 500 test digits."""
-    (train_images, train_labels), (test_images, test_labels) = synthetic_digits(3000, 0), synthetic_digits(500, 1)
-    arrays = {"train_images": train_images, "train_labels": train_labels}
-    arrays |= {"test_images": test_images, "test_labels": test_labels}
-    return built_once(tmp_path_factory, "synthetic-tfds", lambda folder: data.write_tfds(folder, arrays))
+    return built_once(tmp_path_factory, "synthetic-tfds", lambda folder: data.write_tfds(folder, _synthetic_arrays()))
+
+
+@pytest.fixture(scope="session")
+def synthetic_others(tmp_path_factory) -> Path:
+    """A TFDS data dir holding the other datasets (`fashion_mnist`, `kmnist`) as the same images
+    under their own TFDS names, each labelled otherwise, so a run that read the wrong one shows it."""
+
+    def build(folder: Path) -> None:
+        for shift, name in enumerate(sorted(set(data.DATASETS) - {"mnist"}), start=1):
+            shifted = {k: (v + shift) % 10 if k.endswith("labels") else v for k, v in _synthetic_arrays().items()}
+            data.write_tfds(folder, shifted, name)
+
+    return built_once(tmp_path_factory, "synthetic-others", build)
 
 
 def train_command(workdir: Path, *args: str) -> list[str]:
@@ -152,7 +170,7 @@ def train_once(workdir: Path, *args: str, env: dict[str, str]) -> None:
 def synthetic_checkpoints(synthetic_tfds, tmp_path_factory) -> Path:
     """A checkpoints/ folder with one run trained on the synthetic digits, to restore and serve."""
     sets = ("--config.train_size=0", "--config.validation_size=500", "--config.num_epochs=1")
-    flags = ("--data_dir", str(synthetic_tfds), "--mnist_dir", "/nonexistent", *sets)
+    flags = ("--data_dir", str(synthetic_tfds), "--idx_dir", "/nonexistent", *sets)
 
     def build(root: Path) -> None:
         train_once(root / "synthetic", *flags, env=dict(os.environ))
@@ -161,28 +179,33 @@ def synthetic_checkpoints(synthetic_tfds, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    path = Path(os.environ.get(data.MNIST_DIR_ENV, ROOT.parent / "shared" / "data" / "mnist"))
-    if not (path / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"The tests need the four MNIST IDX files: set {data.MNIST_DIR_ENV} to their folder.")
-    return path
+def mnist_dir(pytestconfig) -> Path:
+    """The four MNIST IDX files: `$DIGITJAX_IDX_DIR/mnist` where set (CI's local copy), else TFDS's
+    download, checked and kept in pytest's cache folder."""
+    if root := os.environ.get(data.IDX_DIR_ENV):
+        path = Path(root) / "mnist"
+        if not (path / "train-images-idx3-ubyte.gz").is_file():
+            pytest.fail(f"{data.IDX_DIR_ENV}={root} has no mnist/ folder of the four MNIST IDX files.")
+        return path
+    return data.download("mnist", pytestconfig.cache.mkdir("idx") / "mnist")
 
 
 @pytest.fixture(scope="session")
 def tfds_dir(mnist_dir, tmp_path_factory) -> Path:
-    return built_once(tmp_path_factory, "tfds", lambda folder: data.prepare(str(folder), str(mnist_dir)))
+    paths = lambda folder: data.Paths(str(folder), str(mnist_dir.parent))  # noqa: E731
+    return built_once(tmp_path_factory, "tfds", lambda folder: data.prepare("mnist", paths(folder)))
 
 
 @pytest.fixture(scope="session")
 def test_split(tfds_dir) -> data.Split:
-    return data.load("test", str(tfds_dir))
+    return data.load("mnist", "test", data.Paths(str(tfds_dir)))
 
 
 @pytest.fixture(scope="session")
 def run_cli(tfds_dir, mnist_dir):
     """Runs `python -m MODULE ARGS` as a user would, with the test data dirs in the environment."""
 
-    base_env = {"TFDS_DATA_DIR": str(tfds_dir), data.MNIST_DIR_ENV: str(mnist_dir)}
+    base_env = {"TFDS_DATA_DIR": str(tfds_dir), data.IDX_DIR_ENV: str(mnist_dir.parent)}
 
     def environ(**env: str) -> dict[str, str]:
         """This process's environment, the test data dirs, then `env`: what a command gets."""

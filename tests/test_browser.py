@@ -38,7 +38,7 @@ def drawings_db(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(served_checkpoints, tfds_dir, mnist_dir, drawings_db):
     config = {"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
-    httpd = serve(create_app(config | {"MNIST_DIR": str(mnist_dir), "DRAWINGS_DB": str(drawings_db)}))
+    httpd = serve(create_app(config | {"IDX_DIR": str(mnist_dir.parent), "DRAWINGS_DB": str(drawings_db)}))
     yield f"http://127.0.0.1:{httpd.server_port}/"
     httpd.shutdown()
 
@@ -46,15 +46,16 @@ def server(served_checkpoints, tfds_dir, mnist_dir, drawings_db):
 @pytest.fixture(scope="module")
 def zoo(synthetic_tfds, tmp_path_factory):
     """A server of one briefly trained run of every model of the zoo, on the synthetic digits."""
+    from digitjax import data, trainer
     from digitjax import model as model_lib
-    from digitjax import trainer
     from experiments import smoke
 
     root = tmp_path_factory.mktemp("zoo")
-    for name in model_lib.MODELS:
+    for name in model_lib.FAMILIES:
         config = smoke.get_config()
+        config.model_kwargs = model_lib.spec(name).kwargs
         config.model, config.train_size, config.validation_size, config.num_epochs = name, 96, 0, 1
-        trainer.train_and_evaluate(config, root / name, str(synthetic_tfds), mnist_dir="/nonexistent")
+        trainer.train_and_evaluate(config, root / name, data.Paths(str(synthetic_tfds), "/nonexistent"))
     config = {"CHECKPOINTS_DIR": str(root), "WORKDIR": None, "DATA_DIR": str(synthetic_tfds)}
     app = create_app(config | {"DRAWINGS_DB": str(root / "drawings.sqlite")})
     httpd = serve(app)
@@ -278,13 +279,14 @@ def _load_test_digit(driver, base: str, run: str, index: int) -> None:
 def test_the_pages_feature_maps_are_the_models_own(zoo, browser, name):
     """For a test digit loaded into the canvas, every feature map the page draws equals the model's
     own intermediate value (to the page's 8-bit grey levels), and the strongest units are its."""
-    from digitjax import checkpoint, layers
+    from digitjax import layers
     from digitjax import model as model_lib
+    from digitjax.runs import checkpoint
 
     app, base = zoo
     index = 3
     _load_test_digit(browser, base, name, index)
-    image = app.extensions["digitjax.mnist"].split("test").images_NxHxW[index]
+    image = app.extensions["digitjax.datasets"].split("mnist", "test").images_NxHxW[index]
     model = checkpoint.load_for_inference(app.extensions["digitjax"].runs[name].workdir).model
     _, recorded = layers.record(model, model_lib.to_input(image[None]))
     shown = browser.execute_script(READ_LAYERS)
@@ -445,7 +447,7 @@ def test_wrong_it_is_7_keeps_the_drawing_with_its_label(server, browser, drawing
     answered, drawn by a pen), and the page's count of kept drawings goes up."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from digitjax import drawings
+    from digitjax.canvas import drawings
 
     browser.get(server)
     stats = browser.find_element("id", "store-stats")

@@ -14,8 +14,8 @@ import pytest
 from etils import epath
 from google.cloud import storage
 
-from digitjax import checkpoint, integrity, metrics, objectstore, profiling
 from digitjax.errors import UserError
+from digitjax.runs import checkpoint, integrity, metrics, objectstore, profiling
 from experiments import smoke
 from tests.test_checkpoint import _params, _run
 from tests.test_faults import FAULTS, TOTAL_STEPS, _assert_bit_identical, _kill_at_random_step

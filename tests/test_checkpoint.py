@@ -6,16 +6,17 @@ import optax
 import pytest
 from flax import nnx
 
-from digitjax import checkpoint, trainer
 from digitjax import model as model_lib
 from digitjax.errors import UserError
+from digitjax.runs import checkpoint
+from digitjax.state import TrainState
 from experiments import smoke
 
 
 def _run(config, seed=None):
     m = model_lib.create(config.model, config.seed if seed is None else seed)
     opt = nnx.Optimizer(m, optax.adam(1e-3), wrt=nnx.Param)
-    return trainer.TrainState(m, opt, nnx.MultiMetric(loss=nnx.metrics.Average("loss")))
+    return TrainState(m, opt, nnx.MultiMetric(loss=nnx.metrics.Average("loss")))
 
 
 def _params(m):

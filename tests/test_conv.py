@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from digitjax import conv, onednn
 from digitjax.errors import UserError
+from digitjax.ops import conv, onednn
 
 # Relative to the largest reference value. Every route sums the same products in float32, in
 # another order, and Winograd's transforms add a few roundings more (oneDNN's F(4x4, 3x3) most):

@@ -25,7 +25,7 @@ def test_idx_files_read_and_checked(mnist_dir):
 
 
 def _copy(mnist_dir, tmp_path):
-    folder = tmp_path / "idx"
+    folder = tmp_path / "idx" / "mnist"
     shutil.copytree(mnist_dir, folder)
     for f in folder.iterdir():
         f.chmod(0o644)
@@ -99,25 +99,60 @@ def test_prepare_refuses_damaged_files_and_writes_nothing(mnist_dir, tmp_path):
     folder = _copy(mnist_dir, tmp_path)
     _rewrite(folder / "train-images-idx3-ubyte.gz", lambda raw: raw[:-1] + b"\x01")
     with pytest.raises(UserError, match="train-images-idx3-ubyte.gz is damaged"):
-        data.prepare(str(tmp_path / "tfds"), str(folder))
-    assert not data.is_prepared(str(tmp_path / "tfds"))
+        data.prepare("mnist", data.Paths(str(tmp_path / "tfds"), str(folder.parent)))
+    assert not data.is_prepared("mnist", tmp_path / "tfds")
 
 
-def test_no_data_and_no_network_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.delenv(data.MNIST_DIR_ENV, raising=False)
-    registered = data.registered_downloads()
+@pytest.mark.parametrize("name", sorted(data.DATASETS))
+def test_no_data_and_no_network_says_what_to_do(name, tmp_path, monkeypatch):
+    monkeypatch.delenv(data.IDX_DIR_ENV, raising=False)
+    registered = data.registered_downloads(name)
     # Nothing listens on the discard port.
-    unreachable = {name: (f"http://127.0.0.1:9/{name}", sha) for name, (_, sha) in registered.items()}
-    monkeypatch.setattr(data, "registered_downloads", lambda: unreachable)
-    with pytest.raises(UserError, match="Could not download http://127.0.0.1:9/.*--mnist_dir"):
-        data.prepare(str(tmp_path / "tfds"))
+    unreachable = {file: (f"http://127.0.0.1:9/{file}", sha) for file, (_, sha) in registered.items()}
+    monkeypatch.setattr(data, "registered_downloads", lambda _: unreachable)
+    with pytest.raises(UserError, match=f"Could not download http://127.0.0.1:9/.*{name}/.*--idx_dir"):
+        data.prepare(name, data.Paths(str(tmp_path / "tfds")))
+    assert not (tmp_path / "tfds" / name).exists()
 
 
-def test_downloads_are_those_tfds_registers():
-    registered = data.registered_downloads()
+@pytest.mark.parametrize("name", sorted(data.DATASETS))
+def test_downloads_are_those_tfds_registers(name):
+    registered = data.registered_downloads(name)
     assert set(registered) == {f"{spec.name}.gz" for spec in data.IDX_FILES.values()}
-    for name, (url, sha256) in registered.items():
-        assert url.startswith("https://") and url.endswith(name) and len(sha256) == 64
+    for file, (url, sha256) in registered.items():
+        assert url.startswith("http") and url.endswith(file) and len(sha256) == 64
+
+
+def _idx_gz(spec: data.IdxFile, fill: int) -> bytes:
+    dims = b"".join(d.to_bytes(4, "big") for d in spec.shape)
+    return gzip.compress(spec.magic.to_bytes(4, "big") + dims + bytes([fill]) * int(np.prod(spec.shape)))
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "kmnist"])
+def test_other_datasets_idx_files_are_checked_against_tfds(name, tmp_path, monkeypatch):
+    """Files of the right shape are read only if each .gz is the one TFDS registers."""
+    folder = tmp_path / name
+    folder.mkdir()
+    files = {key: _idx_gz(spec, 3) for key, spec in data.IDX_FILES.items()}
+    for key, payload in files.items():
+        (folder / f"{data.IDX_FILES[key].name}.gz").write_bytes(payload)
+    with pytest.raises(UserError, match=f"is not the published .*TFDS registers.*--idx_dir.*{name}/"):
+        data.read_idx_dir(folder, name)
+    published = {
+        f"{data.IDX_FILES[key].name}.gz": ("http://x/", hashlib.sha256(payload).hexdigest())
+        for key, payload in files.items()
+    }
+    monkeypatch.setattr(data, "registered_downloads", lambda _: published)
+    assert data.read_idx_dir(folder, name)["train_images"].shape == (60000, 28, 28)
+
+
+def test_unknown_dataset_is_a_clear_error():
+    from experiments import smoke
+
+    config = smoke.get_config()
+    config.dataset = "cifar10"
+    with pytest.raises(UserError, match="Unknown dataset 'cifar10'.*fashion_mnist.*kmnist.*mnist"):
+        data.dataset_of(config)
 
 
 def test_epoch_order_is_seeded_full_batches():
@@ -134,11 +169,11 @@ def test_splits_hold_out_validation_and_read_tfds(synthetic_tfds):
 
     config = smoke.get_config()
     config.validation_size, config.train_size = 400, 1000
-    train, evaluated = data.splits(config, str(synthetic_tfds), mnist_dir="/nonexistent")
+    train, evaluated = data.splits(config, data.Paths(str(synthetic_tfds), "/nonexistent"))
     assert train.images_NxHxW.shape == (1000, 28, 28) and train.images_NxHxW.dtype == np.uint8
     assert set(evaluated) == {"test", "val"} and len(evaluated["val"].labels_N) == 400
     assert len(evaluated["test"].labels_N) == 500 and evaluated["test"].labels_N.dtype == np.int32
-    whole = data.load("train", str(synthetic_tfds)).labels_N
+    whole = data.load("mnist", "train", data.Paths(str(synthetic_tfds))).labels_N
     np.testing.assert_array_equal(evaluated["val"].labels_N, whole[-400:])  # the tail, apart from training
     np.testing.assert_array_equal(train.labels_N, whole[:1000])
 
@@ -169,4 +204,4 @@ def test_another_tools_tfds_mnist_is_left_byte_for_byte(tmp_path, run_cli):
     report = run_cli("digitjax.evaluate", "--workdir", str(workdir), "--json", **env)
     assert '"test_accuracy"' in report.stdout
     assert _files(data_dir / "mnist") == before, "not one byte or mtime of the TFRecord copy changed"
-    assert data.readable_root(str(data_dir)) == data_dir / data.OWN_SUBDIR
+    assert data.readable_root("mnist", data.Paths(str(data_dir))) == data_dir / data.OWN_SUBDIR

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitjax import drawings
+from digitjax.canvas import drawings
 from digitjax.errors import UserError
 from webui import create_app
 
@@ -164,7 +164,8 @@ def test_fine_tuning_starts_from_the_run_and_evaluates_the_drawings(
     import jax
     from flax import nnx
 
-    from digitjax import checkpoint, evaluate, trainer
+    from digitjax import data, evaluate, trainer
+    from digitjax.runs import checkpoint
     from experiments import finetune_drawings
 
     store = tmp_path / "drawings.sqlite"
@@ -178,13 +179,13 @@ def test_fine_tuning_starts_from_the_run_and_evaluates_the_drawings(
     config.train_size, config.validation_size, config.batch_size = 64, 0, 32
     # With a learning rate of 0 the parameters stay the source's: what the run started from.
     config.learning_rate, config.lr_schedule = 0.0, "constant"
-    trainer.train_and_evaluate(config, tmp_path / "tuned", str(synthetic_tfds), mnist_dir="/nonexistent")
+    trainer.train_and_evaluate(config, tmp_path / "tuned", data.Paths(str(synthetic_tfds), "/nonexistent"))
     tuned, original = checkpoint.load_for_inference(tmp_path / "tuned"), checkpoint.load_for_inference(source)
     for a, b in zip(
         jax.tree.leaves(nnx.state(tuned.model, nnx.Param)), jax.tree.leaves(nnx.state(original.model, nnx.Param))
     ):
         np.testing.assert_array_equal(a, b)
-    from digitjax import metrics
+    from digitjax.runs import metrics
 
     drawn = [r for r in metrics.read(tmp_path / "tuned") if r["split"] == "drawings"]
     report = evaluate.drawings_report(tuned, str(store))

@@ -13,8 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from digitjax import checkpoint
-from digitjax import metrics as metrics_lib
+from digitjax.runs import checkpoint
+from digitjax.runs import metrics as metrics_lib
 
 # Trains on the real MNIST, in subprocesses as a user would: the full suite only.
 pytestmark = pytest.mark.slow
@@ -66,7 +66,8 @@ def test_run_says_what_it_runs_on_and_checkpoints_its_convolution_routes(trained
     workdir, _, _, err = trained
     import jax
 
-    from digitjax import conv, model, onednn
+    from digitjax import model
+    from digitjax.ops import conv, onednn
 
     # What conv=auto chooses here, computed apart from the trainer: the line and the metadata agree.
     onednn.prepare()
@@ -112,9 +113,10 @@ def test_evaluate_json_matches_what_training_reported(trained, run_cli):
 RESTORE_AND_PREDICT = """
 import sys, jax, numpy as np
 from flax import nnx
-from digitjax import checkpoint, data, model
+from digitjax import data, model
+from digitjax.runs import checkpoint
 restored = checkpoint.load_for_inference(sys.argv[1], device=jax.devices("cpu")[0])
-test = data.load("test")
+test = data.load("mnist", "test")
 predict = nnx.jit(lambda m, x: m(model.to_input(x)).argmax(-1))
 labels = np.concatenate([predict(restored.model, test.images_NxHxW[i : i + 500]) for i in range(0, 10000, 500)])
 print(restored.step, "".join(map(str, labels)))
@@ -155,7 +157,7 @@ def _assert_clean_error(proc, *phrases):
 
 def test_no_data_is_a_clear_error(run_cli, tmp_path):
     empty = tmp_path / "empty"
-    empty.mkdir()
+    (empty / "mnist").mkdir(parents=True)
     proc = run_cli(
         "digitjax.train",
         *SMOKE,
@@ -163,18 +165,18 @@ def test_no_data_is_a_clear_error(run_cli, tmp_path):
         str(tmp_path / "w"),
         check=False,
         TFDS_DATA_DIR=str(tmp_path / "tfds"),
-        DIGITJAX_MNIST_DIR=str(empty),
+        DIGITJAX_IDX_DIR=str(empty),
     )
-    _assert_clean_error(proc, "train-images-idx3-ubyte.gz is missing", "--mnist_dir")
+    _assert_clean_error(proc, "train-images-idx3-ubyte.gz is missing", "--idx_dir")
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_damaged_idx_file_is_a_clear_error(run_cli, tmp_path, mnist_dir):
-    folder = tmp_path / "idx"
+    folder = tmp_path / "idx" / "mnist"
     shutil.copytree(mnist_dir, folder)
     (folder / "t10k-labels-idx1-ubyte.gz").chmod(0o644)
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b" + b"broken")
-    proc = run_cli("digitjax.data", "--data_dir", str(tmp_path / "tfds"), "--mnist_dir", str(folder), check=False)
+    proc = run_cli("digitjax.data", "--data_dir", str(tmp_path / "tfds"), "--idx_dir", str(folder.parent), check=False)
     _assert_clean_error(proc, "t10k-labels-idx1-ubyte.gz is damaged")
 
 
@@ -186,8 +188,8 @@ def test_unknown_config_field_is_a_clear_error(run_cli, tmp_path):
 def test_workdir_of_another_model_is_a_clear_error_and_untouched(trained, run_cli):
     workdir = trained[0]
     before = sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*"))
-    proc = run_cli("digitjax.train", *SMOKE, "--workdir", str(workdir), "--config.model=seed", check=False)
-    _assert_clean_error(proc, "holds a checkpoint of another run", "model='fast' there, 'seed' here")
+    proc = run_cli("digitjax.train", *SMOKE, "--workdir", str(workdir), "--config.model=s2d", check=False)
+    _assert_clean_error(proc, "holds a checkpoint of another run", "model='fast' there, 's2d' here")
     assert sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from etils import epath
 
-from digitjax import checkpoint, integrity, objectstore, orbax_internals, trainer
+from digitjax import data, trainer
 from digitjax.errors import UserError
+from digitjax.runs import checkpoint, integrity, objectstore, orbax_internals
 from experiments import smoke
 
 # Trains on the real MNIST, in subprocesses as a user would: the full suite only.
@@ -154,7 +155,7 @@ def test_same_config_and_seed_give_bit_identical_parameters(tmp_path, tfds_dir, 
     arrays = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         config = _config(seed=seed, num_epochs=1, ema_decay=0.9, augment_rotate_deg=10.0, augment_elastic_px=1.0)
-        trainer.train_and_evaluate(config, tmp_path / name, str(tfds_dir), str(mnist_dir))
+        trainer.train_and_evaluate(config, tmp_path / name, data.Paths(str(tfds_dir), str(mnist_dir.parent)))
         arrays[name] = saved_arrays(tmp_path / name, 32)
     _assert_bit_identical(arrays["a"], arrays["b"])
     assert not np.array_equal(arrays["a"]["model['dense2']['kernel']"], arrays["c"]["model['dense2']['kernel']"])
@@ -163,7 +164,7 @@ def test_same_config_and_seed_give_bit_identical_parameters(tmp_path, tfds_dir, 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tfds_dir, mnist_dir) -> Path:
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    trainer.train_and_evaluate(_config(), workdir, str(tfds_dir), str(mnist_dir))
+    trainer.train_and_evaluate(_config(), workdir, data.Paths(str(tfds_dir), str(mnist_dir.parent)))
     return workdir
 
 
@@ -192,7 +193,7 @@ def test_damaged_newest_step_is_passed_over_and_said(finished, tmp_path, tfds_di
         checkpoint.load_for_inference(workdir, step=newest)
 
     # Training resumes from the intact step, keeping the damaged one aside for a person to see.
-    trainer.train_and_evaluate(_config(num_epochs=3), workdir, str(tfds_dir), str(mnist_dir))
+    trainer.train_and_evaluate(_config(num_epochs=3), workdir, data.Paths(str(tfds_dir), str(mnist_dir.parent)))
     err = capsys.readouterr().err
     assert f"Checkpoint step {newest} is damaged: {damaged_file}" in err
     assert f"Resuming {workdir} from step {previous}." in err
@@ -210,7 +211,7 @@ def test_every_step_damaged_is_a_clear_error_and_nothing_changes(finished, tmp_p
     with pytest.raises(UserError, match="Every checkpoint in .* is damaged"):
         checkpoint.load_for_inference(workdir)
     with pytest.raises(UserError, match="Every checkpoint in .* is damaged .* Nothing was changed"):
-        trainer.train_and_evaluate(_config(), workdir, str(tfds_dir), str(mnist_dir))
+        trainer.train_and_evaluate(_config(), workdir, data.Paths(str(tfds_dir), str(mnist_dir.parent)))
     assert sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*")) == before
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from digitjax import layers, neighbours
+from digitjax import layers
 from digitjax import model as model_lib
+from webui import neighbours
 
 # name -> [(layer, kind, shape of one example, made by a kernel)], in call order.
 ZOO_LAYERS = {
@@ -80,11 +81,11 @@ ZOO_LAYERS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(model_lib.MODELS))
+@pytest.mark.parametrize("name", sorted(model_lib.FAMILIES))
 def test_every_zoo_model_shows_its_layers(name):
     model = model_lib.create(name, seed=0)
     model.eval()
-    shown = layers.describe(model)
+    shown = layers.describe(model, model_lib.INPUT_SHAPE)
     assert [(s.name, s.kind, s.shape, s.kernel_HWIO is not None) for s in shown] == ZOO_LAYERS[name]
     conv = {s.name: s for s in shown}["conv1"]
     np.testing.assert_array_equal(
@@ -118,7 +119,7 @@ def test_a_model_that_shows_no_layers_has_none():
         def __call__(self, x):
             return self.dense(x.reshape(x.shape[0], -1))
 
-    assert layers.describe(Plain()) == []
+    assert layers.describe(Plain(), model_lib.INPUT_SHAPE) == []
 
 
 def test_nearest_is_the_brute_force_search(digits):

@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from digitjax import model as model_lib
-from digitjax import winograd
 from digitjax.errors import UserError
+from digitjax.ops import winograd
 
 
 def n_params(m) -> int:
@@ -86,8 +86,8 @@ def test_to_input_scales_pixels():
 
 
 def test_unknown_model_is_a_user_error():
-    names = ["deep", "fast", "s2d", "s2d24", "s2d24_wide", "s2d24_wider", "s2d24_wider256", "s2d_wide", "seed", "small"]
-    with pytest.raises(UserError, match=re.escape(f"one of {names}")):
+    families, aliases = ["deep", "fast", "s2d", "seed"], ["s2d24", "s2d24_wide", "s2d24_wider", "s2d24_wider256"]
+    with pytest.raises(UserError, match=re.escape(f"one of {families} (older runs' {aliases + ['s2d_wide', 'small']}")):
         model_lib.create("resnet", seed=0)
 
 

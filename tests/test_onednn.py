@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from digitjax import bench, conv, onednn, trainer
+from digitjax import trainer
+from digitjax.ops import conv, onednn
+from digitjax.tools import bench
 from digitjax.train import EXPERIMENTS
 
 # Where Debian's libdnnl-dev is installed (CI installs it) and oneDNN is not switched off, the build
@@ -26,7 +28,7 @@ needs_onednn = pytest.mark.skipif(
     not INSTALLED or SWITCHED_OFF,
     reason="oneDNN is switched off (DIGITJAX_ONEDNN=0)" if SWITCHED_OFF else "oneDNN is not installed (libdnnl-dev)",
 )
-SEED_CONV2 = (128, 26, 26, 32, 64, 3, 3, 0)
+SEED_CONV2 = ((128, 26, 26, 32), (3, 3, 32, 64), 0)  # the seed model's conv2: input, kernel, padding
 
 
 def _check(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -49,7 +51,8 @@ def test_available_where_libdnnl_is_installed():
 def test_channel_block_follows_the_isa_oneDNN_runs_with(cap):
     # oneDNN's jit kernels are named for their ISA (jit:avx2, jit_wino_4x3:avx512_core): their
     # blocks are 16 channels on AVX-512 and 8 below it. Capped to AVX2, every machine shows AVX2's.
-    code = f"from digitjax import onednn; onednn.prepare()\nprint(onednn.block()); print(onednn.kernels{SEED_CONV2}[1])"
+    call = f"onednn.call_of{SEED_CONV2}"
+    code = f"from digitjax.ops import onednn; onednn.prepare()\nprint(onednn.block()); print(onednn.kernels({call})[1])"
     proc = _check(code, ONEDNN_MAX_CPU_ISA=cap)
     assert proc.returncode == 0, proc.stderr[-2000:]
     block, kernels = proc.stdout.strip().splitlines()
@@ -66,11 +69,11 @@ def test_channel_block_follows_the_isa_oneDNN_runs_with(cap):
 @needs_onednn
 def test_build_is_an_explicit_step_and_is_redone_when_stale(tmp_path):
     # Loading never compiles: without a build, oneDNN is off until `prepare` or the command builds it.
-    proc = _check("from digitjax import onednn; print(onednn.why_not())", XDG_CACHE_HOME=str(tmp_path))
-    assert proc.stdout.strip() == "not built yet (python -m digitjax.onednn build)", proc.stderr[-2000:]
+    proc = _check("from digitjax.ops import onednn; print(onednn.why_not())", XDG_CACHE_HOME=str(tmp_path))
+    assert proc.stdout.strip() == "not built yet (python -m digitjax.ops.onednn build)", proc.stderr[-2000:]
     assert not list(tmp_path.glob("digitjax/*.so"))
     proc = subprocess.run(
-        [sys.executable, "-m", "digitjax.onednn", "build"],
+        [sys.executable, "-m", "digitjax.ops.onednn", "build"],
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
         capture_output=True,
         text=True,
@@ -80,7 +83,7 @@ def test_build_is_an_explicit_step_and_is_redone_when_stale(tmp_path):
     [library] = (tmp_path / "digitjax").glob("onednn_conv-*.so")
     # A build that no longer loads (oneDNN replaced since) is built again by the explicit step.
     library.write_bytes(b"not a library")
-    proc = _check("from digitjax import onednn; print(onednn.prepare())", XDG_CACHE_HOME=str(tmp_path))
+    proc = _check("from digitjax.ops import onednn; print(onednn.prepare())", XDG_CACHE_HOME=str(tmp_path))
     assert proc.stdout.split() == ["None"], proc.stderr[-2000:]
     assert library.read_bytes()[:4] == b"\x7fELF"
 
@@ -95,7 +98,7 @@ def test_build_is_an_explicit_step_and_is_redone_when_stale(tmp_path):
 )
 def test_without_onednn_auto_uses_digitjax_own(tmp_path, env, warning):
     code = (
-        "import jax.numpy as jnp; from flax import nnx; from digitjax import conv, onednn\n"
+        "import jax.numpy as jnp; from flax import nnx; from digitjax.ops import conv, onednn\n"
         "print(onednn.prepare() is not None)\n"
         "c = conv.Conv(32, 64, (3, 3), padding='VALID', rngs=nnx.Rngs(0))\n"
         "x = jnp.ones((4, 12, 12, 32)); print(conv.choose('auto', conv.describe(c, x))[0], c(x).shape)"
@@ -130,7 +133,7 @@ def _rel_err(a, b):
     ],
 )
 def test_conv_and_its_gradients_match_xla_conv_where_onednn_has_fast_kernels(batch, size, cin, cout, pad):
-    fast, kernels = onednn.kernels(batch, size, size, cin, cout, 3, 3, pad)
+    fast, kernels = onednn.kernels(onednn.call_of((batch, size, size, cin), (3, 3, cin, cout), pad))
     # What digitjax calls fast is what oneDNN names a jit kernel, on this machine.
     assert kernels and fast == ("ref:" not in kernels), kernels
     x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))

@@ -1,4 +1,4 @@
-"""What digitjax relies on of Orbax beyond its public API (digitjax/orbax_internals.py), checked
+"""What digitjax relies on of Orbax beyond its public API (digitjax/runs/orbax_internals.py), checked
 against the installed Orbax: a release that changes one of these fails here, by name."""
 
 import json
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from digitjax import orbax_internals
+from digitjax.runs import orbax_internals
 
 
 def _save(root, step, on_written):

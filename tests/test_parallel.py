@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitjax import checkpoint, integrity, parallel
-from digitjax import metrics as metrics_lib
+from digitjax.runs import checkpoint, integrity, parallel
+from digitjax.runs import metrics as metrics_lib
 from experiments.bench_serve import free_port
 
 # Trains on the real MNIST, in subprocesses as a user would: the full suite only.

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitjax import preprocess
+from digitjax.canvas import preprocess
 
 
 def ink_box(image_28x28, threshold=0.3 * 255):

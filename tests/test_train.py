@@ -9,9 +9,12 @@ import optax
 import pytest
 from flax import nnx
 
-from digitjax import augment, bench, checkpoint, data, metrics, optim, trainer
+from digitjax import augment, data, optim, trainer
 from digitjax import model as model_lib
 from digitjax.errors import UserError
+from digitjax.runs import checkpoint, metrics
+from digitjax.state import TrainState
+from digitjax.tools import bench
 from digitjax.train import EXPERIMENTS
 from experiments import best, custom_model, default, fast, fast995, seed, smoke
 
@@ -62,19 +65,19 @@ def test_unknown_optimizer_is_a_user_error():
         optim.make_optimizer(config, 10)
 
 
-def _state(config, model_name: str = "fast", ema: bool = False) -> trainer.TrainState:
+def _state(config, model_name: str = "fast", ema: bool = False) -> TrainState:
     model = model_lib.create(model_name, seed=0)
     optimizer = nnx.Optimizer(model, optim.make_optimizer(config, 40)[0], wrt=nnx.Param)
     metrics_ = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), accuracy=nnx.metrics.Accuracy())
     model.train()
-    return trainer.TrainState(model, optimizer, metrics_, trainer.weight_average(model) if ema else None)
+    return TrainState(model, optimizer, metrics_, trainer.weight_average(model) if ema else None)
 
 
 def test_train_step_learns_a_fixed_batch(digits):
     config = smoke.get_config()
     state = _state(config)
     images, labels = jax.device_put(digits(64, seed=0))
-    batches = trainer.Batches(images, labels, jnp.arange(64).reshape(2, 32))
+    batches = trainer.TrainingSet(images, labels, jnp.arange(64).reshape(2, 32))
     losses = []
     for i in range(40):
         trainer.train_step(state, batches, i % 2, jax.random.key(0), trainer.Options())
@@ -102,7 +105,7 @@ def test_many_steps_per_dispatch_equal_single_steps(digits, recipe):
     averaged = recipe != "plain"
     options = trainer.Options(augment.Augment(10, 0.1, 2, 1), 0.9) if averaged else trainer.Options()
     images, labels = jax.device_put(digits(256, seed=0))
-    batches = trainer.Batches(images, labels, data.epoch_order(jax.random.key(0), 0, 256, 32))
+    batches = trainer.TrainingSet(images, labels, data.epoch_order(jax.random.key(0), 0, 256, 32))
     runs = []
     for chunked in (False, True):
         state = _state(config, "seed", ema=averaged)
@@ -143,7 +146,7 @@ def test_a_run_tests_between_epoch_ends_when_its_config_asks(synthetic_tfds, tmp
     config = fast.get_config()
     config.train_size, config.batch_size, config.num_epochs, config.eval_every_steps = 512, 64, 2, 3
     config.test_time_shifts = False
-    result = trainer.train_and_evaluate(config, tmp_path / "run", str(synthetic_tfds), mnist_dir="/nonexistent")
+    result = trainer.train_and_evaluate(config, tmp_path / "run", data.Paths(str(synthetic_tfds), "/nonexistent"))
     tests = [r for r in metrics.read(tmp_path / "run") if r["split"] == "test"]
     assert [r["step"] for r in tests] == [3, 6, 8, 9, 12, 15, 16]  # 8 steps an epoch
     seconds = [r["train_seconds"] for r in tests]
@@ -167,7 +170,7 @@ def test_a_model_defined_outside_digitjax_trains_from_its_config(synthetic_tfds,
     """experiments/custom_model.py: a model that is not in the zoo, named `module:Name` by its config."""
     config = custom_model.get_config()
     config.num_epochs, config.validation_size, config.batch_size = 2, 0, 64
-    result = trainer.train_and_evaluate(config, tmp_path / "custom", str(synthetic_tfds), mnist_dir="/nonexistent")
+    result = trainer.train_and_evaluate(config, tmp_path / "custom", data.Paths(str(synthetic_tfds), "/nonexistent"))
     assert result["step"] == 2 * (3000 // 64) and result["test_accuracy"] > 0.9, result
     restored = checkpoint.load_for_inference(tmp_path / "custom")
     assert type(restored.model) is custom_model.TinyCNN and restored.config.model == config.model
@@ -194,7 +197,7 @@ def test_bench_accuracy_prints_the_time_to_each_target_of_a_recipe():
         "--config.eval_every_steps=0",
     ]
     proc = subprocess.run(
-        [sys.executable, "-m", "digitjax.bench", "--config", "experiments/fast995.py", "--smoke", "--accuracy"]
+        [sys.executable, "-m", "digitjax.tools.bench", "--config", "experiments/fast995.py", "--smoke", "--accuracy"]
         + overrides
         + ["--config.test_time_shifts=False", "--config.test_time_warps=()"],
         cwd=EXPERIMENTS.parent,
@@ -214,7 +217,7 @@ def test_bench_accuracy_prints_the_time_to_each_target_of_a_recipe():
 @pytest.mark.slow
 def test_bench_smoke_prints_its_figures():
     proc = subprocess.run(
-        [sys.executable, "-m", "digitjax.bench", "--config", "experiments/smoke.py", "--smoke", "--baseline"],
+        [sys.executable, "-m", "digitjax.tools.bench", "--config", "experiments/smoke.py", "--smoke", "--baseline"],
         cwd=EXPERIMENTS.parent,
         capture_output=True,
         text=True,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digitjax import preprocess
+from digitjax.canvas import preprocess
 from experiments import parity
 from webui import create_app, serving
 
@@ -24,7 +24,7 @@ def app(synthetic_checkpoints, synthetic_tfds, tmp_path_factory):
     # Neighbours, test digits and reports come from the synthetic digits the run was trained on.
     config = {"CHECKPOINTS_DIR": str(synthetic_checkpoints), "WORKDIR": None, "DATA_DIR": str(synthetic_tfds)}
     store = tmp_path_factory.mktemp("store") / "drawings.sqlite"
-    return create_app(config | {"MNIST_DIR": "/nonexistent", "DRAWINGS_DB": str(store)})
+    return create_app(config | {"IDX_DIR": "/nonexistent", "DRAWINGS_DB": str(store)})
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def client(app):
 def mnist_app(served_checkpoints, tfds_dir, mnist_dir, tmp_path_factory):
     config = {"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
     store = tmp_path_factory.mktemp("store") / "drawings.sqlite"
-    return create_app(config | {"MNIST_DIR": str(mnist_dir), "DRAWINGS_DB": str(store)})
+    return create_app(config | {"IDX_DIR": str(mnist_dir.parent), "DRAWINGS_DB": str(store)})
 
 
 @pytest.fixture
@@ -285,7 +285,8 @@ def _decoded(layer: dict) -> np.ndarray:
 def test_layers_in_the_answer_are_the_models_own_values(app, client, digits):
     """The activations sent are the served model's intermediate values for the same input, to
     within the 8-bit levels they travel in; neighbours are its nearest training digits."""
-    from digitjax import checkpoint, layers
+    from digitjax import layers
+    from digitjax.runs import checkpoint
 
     run = app.extensions["digitjax"].runs["synthetic"]
     model = checkpoint.load_for_inference(run.workdir).model
@@ -307,7 +308,7 @@ def test_layers_in_the_answer_are_the_models_own_values(app, client, digits):
     assert answer["label"] == int(np.argmax(logits))
     neighbours = answer["neighbours"]
     assert len(neighbours) == 8 and [n["distance"] for n in neighbours] == sorted(n["distance"] for n in neighbours)
-    training = app.extensions["digitjax.mnist"].split("train")
+    training = app.extensions["digitjax.datasets"].split("mnist", "train")
     for n in neighbours:
         assert n["label"] == training.labels_N[n["index"]]
         shown = np.frombuffer(base64.b64decode(n["pixels"]), np.uint8).reshape(28, 28)
@@ -334,7 +335,7 @@ def test_fields_are_checked_and_plain_clients_get_only_the_answer(client, digits
 def test_run_page_data_report_made_once_in_the_background(app, client):
     """GET /api/runs/NAME: the curves at once; the report is made in the background (other requests
     are answered meanwhile), once, then served from report/report.json with its mistakes."""
-    from digitjax import metrics
+    from digitjax.runs import metrics
 
     run = app.extensions["digitjax"].runs["synthetic"]
     report_file = run.workdir / "report" / "report.json"
@@ -351,7 +352,7 @@ def test_run_page_data_report_made_once_in_the_background(app, client):
     assert info["report_status"] == "ready" and info["report"]["step"] == run.step
     assert sum(map(sum, info["report"]["confusion_matrix"])) == 500
     assert len(info["mistakes"]) == min(info["report"]["test_errors"], app.config["MISTAKES_SHOWN"])
-    test = app.extensions["digitjax.mnist"].split("test")
+    test = app.extensions["digitjax.datasets"].split("mnist", "test")
     for m in info["mistakes"]:
         assert m["label"] == test.labels_N[m["index"]] != m["predicted"]
     client.get("/api/runs/synthetic")
@@ -429,11 +430,11 @@ def test_openapi_describes_every_real_response(app, client, digits):
 def test_no_training_data_means_no_neighbours_said_plainly(synthetic_checkpoints, tmp_path, digits):
     app = create_app(
         {"CHECKPOINTS_DIR": str(synthetic_checkpoints), "WORKDIR": None, "DATA_DIR": str(tmp_path)}
-        | {"MNIST_DIR": str(tmp_path / "none")}
+        | {"IDX_DIR": str(tmp_path / "none")}
     )
     client = app.test_client()
     run = client.get("/api/model").json["runs"][0]
-    assert run["neighbours"] is False and "MNIST" in run["neighbours_problem"]
+    assert run["neighbours"] is False and "mnist could not be loaded" in run["neighbours_problem"]
     answer = client.post("/api/predict", json={"pixels": [0] * 784, "fields": ["neighbours"]})
     assert answer.status_code == 409 and "nearest training digits" in answer.json["error"]
     layers_only = client.post(

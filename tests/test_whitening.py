@@ -5,9 +5,10 @@ import optax
 import pytest
 from flax import nnx
 
-from digitjax import checkpoint, data, trainer, whitening
+from digitjax import data, trainer, whitening
 from digitjax import model as model_lib
 from digitjax.errors import UserError
+from digitjax.runs import checkpoint
 from experiments import fast
 
 
@@ -91,11 +92,11 @@ def test_a_whitened_run_keeps_its_first_layer_and_resumes(synthetic_tfds, tmp_pa
     config.whiten_conv1, config.label_smoothing, config.test_time_shifts = True, 0.1, False
     config.conv = "xla"
     tfds_dir = str(synthetic_tfds)
-    trainer.train_and_evaluate(config, tmp_path / "run", tfds_dir, mnist_dir="/nonexistent")
+    trainer.train_and_evaluate(config, tmp_path / "run", data.Paths(tfds_dir, "/nonexistent"))
     config.num_epochs = 2
-    result = trainer.train_and_evaluate(config, tmp_path / "run", tfds_dir, mnist_dir="/nonexistent")
+    result = trainer.train_and_evaluate(config, tmp_path / "run", data.Paths(tfds_dir, "/nonexistent"))
     assert result["step"] == 16 and result["test_accuracy"] > 0.3  # chance is 0.1
-    train, _ = data.splits(config, tfds_dir, "/nonexistent")
+    train, _ = data.splits(config, data.Paths(tfds_dir, "/nonexistent"))
     model = checkpoint.load_for_inference(tmp_path / "run").model
     x = model.conv1_input(model_lib.to_input(jnp.asarray(train.images_NxHxW[: whitening.NUM_IMAGES])))
     # 1e-3: the least of the 12 directions moves by ~2e-4 between the trainer's jitted run and this one.

@@ -14,6 +14,7 @@ from flask import Flask
 
 def create_app(config: dict | None = None) -> Flask:
     """The app, with every run under CHECKPOINTS_DIR restored and its predict function compiled."""
+    from digitjax import data
     from webui import reports, serving, store, views
 
     app = Flask(__name__)
@@ -27,17 +28,18 @@ def create_app(config: dict | None = None) -> Flask:
         # Start-up waits this long for a first embedding of the training set, then serves without
         # neighbours until it is done: under gunicorn's worker timeout (30 s by default).
         NEIGHBOURS_WAIT_S=float(os.environ.get("DIGITJAX_NEIGHBOURS_WAIT_S", 15)),
-        DATA_DIR=os.environ.get("TFDS_DATA_DIR"),  # TFDS data dir of `mnist`: neighbours, test digits, reports
-        MNIST_DIR=os.environ.get("DIGITJAX_MNIST_DIR"),  # local IDX files to prepare it from, where offline
+        DATA_DIR=os.environ.get("TFDS_DATA_DIR"),  # TFDS data dir: the runs' neighbours, test images, reports
+        IDX_DIR=os.environ.get("DIGITJAX_IDX_DIR"),  # local IDX files to prepare them from (data.Paths)
         MISTAKES_SHOWN=96,  # test mistakes on a run page, the most confident first
     )
     app.config.update(config or {})
     c = app.config
-    mnist = serving.Mnist(c["DATA_DIR"], c["MNIST_DIR"])
-    runs = serving.Runs.load(c["CHECKPOINTS_DIR"], c["WORKDIR"], mnist, c["NEIGHBOURS"], c["NEIGHBOURS_WAIT_S"])
+    paths = data.Paths(c["DATA_DIR"], c["IDX_DIR"])
+    datasets = serving.Datasets(paths)
+    runs = serving.Runs.load(c["CHECKPOINTS_DIR"], c["WORKDIR"], datasets, c["NEIGHBOURS"], c["NEIGHBOURS_WAIT_S"])
     app.extensions["digitjax"] = runs
-    app.extensions["digitjax.mnist"] = mnist
-    app.extensions["digitjax.reports"] = reports.Reports(c["DATA_DIR"], c["MNIST_DIR"])
+    app.extensions["digitjax.datasets"] = datasets
+    app.extensions["digitjax.reports"] = reports.Reports(paths)
     if app.extensions["digitjax"].problem:
         app.logger.error(app.extensions["digitjax"].problem)
     app.register_blueprint(views.bp)

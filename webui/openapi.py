@@ -109,8 +109,11 @@ SPEC = {
         },
         "/api/digits/test/{index}": {
             "get": {
-                "summary": "One MNIST test digit, e.g. a run's mistake to draw beside.",
-                "parameters": [{"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "summary": "One test image of a run's dataset, e.g. a run's mistake to draw beside.",
+                "parameters": [
+                    {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}},
+                    {"name": "run", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
                 "responses": {"200": _json("TestDigit", "The digit"), "404": _ERROR, "503": _ERROR},
             }
         },
@@ -237,6 +240,12 @@ SPEC = {
                     "name": {"type": "string"},
                     "step": {"type": "integer"},
                     "model": {"type": "string"},
+                    "dataset": {"type": "string", "description": "the TFDS dataset it was trained on"},
+                    "class_names": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "what each class index (label, probabilities) stands for",
+                    },
                     "test_accuracy": _NULLABLE_NUMBER,
                     "trained_on": {"type": ["string", "null"]},
                     "notes": {"type": "array", "items": {"type": "string"}},

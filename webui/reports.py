@@ -14,8 +14,9 @@ import threading
 
 from etils import epath
 
-from digitjax import evaluate, metrics
+from digitjax import data, evaluate
 from digitjax.errors import UserError
+from digitjax.runs import metrics
 from webui.serving import Run
 
 CURVE_FIELDS = ("step", "split", "loss", "accuracy", "train_seconds")
@@ -39,8 +40,8 @@ def _read(run: Run) -> dict | None:
 class Reports:
     """Reports of the served runs: read from disk, or made once in the background."""
 
-    def __init__(self, data_dir: str | None, mnist_dir: str | None):
-        self.data_dir, self.mnist_dir = data_dir, mnist_dir
+    def __init__(self, paths: data.Paths):
+        self.paths = paths
         self._making: dict[str, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
         # One at a time: a report evaluates 10,000 digits, and the served requests share the CPU.
@@ -61,7 +62,7 @@ class Reports:
     def _make(self, run: Run) -> None:
         logging.getLogger("webui").info("making the report of %s (step %d)", run.name, run.step)
         try:
-            evaluate.report(epath.Path(run.workdir), run.step, self.data_dir, self.mnist_dir, plots=False)
+            evaluate.report(epath.Path(run.workdir), run.step, self.paths, plots=False)
         except UserError:
             raise
         except Exception as e:  # shown on the page; the details go to the log

@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from digitjax import checkpoint, data, layers, onednn
+from digitjax import data, layers
 from digitjax import model as model_lib
-from digitjax import neighbours as neighbours_lib
 from digitjax.errors import UserError
+from digitjax.ops import onednn
+from digitjax.runs import checkpoint
+from webui import neighbours as neighbours_lib
 from webui.inputs import BadInput
 
 HOW_TO_TRAIN = (
@@ -93,6 +95,7 @@ class Run:
     workdir: Path
     step: int
     model_name: str
+    dataset: str  # the TFDS dataset it was trained on; its class names label the answers
     test_accuracy: float | None
     trained_on: str | None
     predict: Predictor
@@ -105,6 +108,8 @@ class Run:
             "name": self.name,
             "step": self.step,
             "model": self.model_name,
+            "dataset": self.dataset,
+            "class_names": list(data.dataset(self.dataset).class_names),
             "test_accuracy": self.test_accuracy,
             "trained_on": self.trained_on,
             "notes": self.notes,
@@ -123,21 +128,22 @@ class Run:
 PENDING = "the training set is still being embedded for this run; the nearest digits appear when it is done"
 
 
-def _restore(name: str, workdir: Path, mnist: Mnist, k: int, wait_s: float) -> Run:
+def _restore(name: str, workdir: Path, datasets: Datasets, k: int, wait_s: float) -> Run:
     restored = checkpoint.load_for_inference(workdir)
-    shown = layers.describe(restored.model)
+    shown = layers.describe(restored.model, model_lib.INPUT_SHAPE)
     problem, train = None, None
     if not shown:
         problem = "the model marks no layers (digitjax/layers.py), so it has no embedding to search in"
     elif not k:
         problem = "turned off (NEIGHBOURS = 0)"
-    elif (train := mnist.split("train")) is None:
-        problem = mnist.problem
+    elif (train := datasets.split(data.dataset_of(restored.config), "train")) is None:
+        problem = datasets.problem
     run = Run(
         name=name,
         workdir=workdir,
         step=restored.step,
         model_name=restored.config.model,
+        dataset=data.dataset_of(restored.config),
         test_accuracy=restored.meta.get("test_accuracy"),
         trained_on=restored.meta.get("device_kind"),
         predict=Predictor(restored.model, None, k),
@@ -177,26 +183,26 @@ def _index_in_background(run: Run, model: nnx.Module, train: data.Split, wait_s:
         logging.getLogger("webui").warning("%s: serving without neighbours until the embedding is done", run.name)
 
 
-class Mnist:
-    """MNIST's splits for the app (training digits for neighbours, test digits for run pages),
-    each loaded when first needed; `problem` says why one could not be."""
+class Datasets:
+    """The served runs' datasets for the app (training images for neighbours, test images for run
+    pages), each split loaded when first needed; `problem` says why one could not be."""
 
-    def __init__(self, data_dir: str | None, mnist_dir: str | None):
-        self.data_dir, self.mnist_dir = data_dir, mnist_dir
+    def __init__(self, paths: data.Paths):
+        self.paths = paths
         self.problem: str | None = None
-        self._splits: dict[str, data.Split | None] = {}
+        self._splits: dict[tuple[str, str], data.Split | None] = {}
         self._lock = threading.Lock()
 
-    def split(self, name: str) -> data.Split | None:
+    def split(self, dataset: str, name: str) -> data.Split | None:
         with self._lock:  # two requests wanting the test split load it once
-            if name not in self._splits:
+            if (dataset, name) not in self._splits:
                 try:
-                    self._splits[name] = data.load(name, self.data_dir, self.mnist_dir)
+                    self._splits[dataset, name] = data.load(dataset, name, self.paths)
                 except UserError as e:
-                    self.problem = f"MNIST could not be loaded: {e}"
+                    self.problem = f"{dataset} could not be loaded: {e}"
                     logging.getLogger("webui").warning(self.problem)
-                    self._splits[name] = None
-            return self._splits[name]
+                    self._splits[dataset, name] = None
+            return self._splits[dataset, name]
 
 
 @dataclasses.dataclass
@@ -215,14 +221,16 @@ class Runs:
         return self.runs[name]
 
     @classmethod
-    def load(cls, checkpoints_dir: str | Path, workdir: str | Path | None, mnist: Mnist, k: int, wait_s: float) -> Runs:
+    def load(
+        cls, checkpoints_dir: str | Path, workdir: str | Path | None, datasets: Datasets, k: int, wait_s: float
+    ) -> Runs:
         onednn.prepare()  # conv=auto may use it: built before anything is traced
         root = Path(checkpoints_dir)
         found = {p.name: p for p in sorted(root.iterdir()) if (p / "checkpoints").is_dir()} if root.is_dir() else {}
         runs: dict[str, Run] = {}
         for name, path in found.items():
             try:
-                runs[name] = _restore(name, path, mnist, k, wait_s)
+                runs[name] = _restore(name, path, datasets, k, wait_s)
             except UserError as e:  # no finished checkpoint yet, or every one damaged: not offered
                 logging.getLogger("webui").warning("%s is not served: %s", name, e)
         default = None
@@ -232,7 +240,7 @@ class Runs:
             if name in runs and runs[name].workdir.resolve() != path.resolve():
                 name = str(path)  # a run of that name under checkpoints/ is another one
             try:
-                runs[name] = runs.get(name) or _restore(name, path, mnist, k, wait_s)
+                runs[name] = runs.get(name) or _restore(name, path, datasets, k, wait_s)
             except UserError as e:
                 return cls(runs, None, f"DIGITJAX_WORKDIR={workdir} cannot be served: {e}")
             default = name

@@ -2,7 +2,7 @@
 
 POST /api/drawings stores a drawing a person labelled ("Right" or "Wrong: it is 7" on the page);
 GET /api/drawings/stats counts them and scores a served run on them; DELETE /api/drawings/<id>
-removes one. The store is `digitjax.drawings` (SQLite, WAL), at the config's DRAWINGS_DB.
+removes one. The store is `digitjax.canvas.drawings` (SQLite, WAL), at the config's DRAWINGS_DB.
 Nothing is stored unless a person presses a button, and nothing about the person is kept.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from PIL import Image
 
-from digitjax import drawings, preprocess
+from digitjax.canvas import drawings, preprocess
 from webui.inputs import BadInput, decode_image
 
 bp = Blueprint("store", __name__)

@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
-from digitjax import preprocess
+from digitjax.canvas import preprocess
 from webui import openapi, reports, serving
 from webui.inputs import BadInput, image_from_request
 from webui.serving import Run, Runs
@@ -200,7 +200,7 @@ def run_info(name: str):
     report, status, problem = current_app.extensions["digitjax.reports"].get(run)
     mistakes = None
     if report is not None:
-        test = current_app.extensions["digitjax.mnist"].split("test")
+        test = current_app.extensions["digitjax.datasets"].split(run.dataset, "test")
         shown = report["mistakes"][: current_app.config["MISTAKES_SHOWN"]]
         mistakes = [m | {"image": _png(test.images_NxHxW[m["index"]]) if test else None} for m in shown]
         report = {k: v for k, v in report.items() if k != "mistakes"}
@@ -216,12 +216,15 @@ def run_info(name: str):
 
 @bp.get("/api/digits/test/<int:index>")
 def test_digit(index: int):
-    """One MNIST test digit as the model reads it, for loading a run's mistake into the canvas."""
-    test = current_app.extensions["digitjax.mnist"].split("test")
+    """One test image of a run's dataset (`?run=`, default the default run's) as the model reads
+    it, for loading a run's mistake into the canvas."""
+    run = _runs().named(request.args.get("run"))
+    datasets = current_app.extensions["digitjax.datasets"]
+    test = datasets.split(run.dataset, "test")
     if test is None:
-        raise BadInput(current_app.extensions["digitjax.mnist"].problem, 503)
+        raise BadInput(datasets.problem, 503)
     if not 0 <= index < len(test.labels_N):
-        raise BadInput(f"The test split has digits 0 to {len(test.labels_N) - 1}; there is no {index}.", 404)
+        raise BadInput(f"The test split has images 0 to {len(test.labels_N) - 1}; there is no {index}.", 404)
     return jsonify(index=index, label=int(test.labels_N[index]), pixels=test.images_NxHxW[index].ravel().tolist())
 
 

@@ -1,4 +1,4 @@
-"""The seed model and recipe in Keras on TensorFlow (CPU), timed like `digitjax.bench`.
+"""The seed model and recipe in Keras on TensorFlow (CPU), timed like `digitjax.tools.bench`.
 
 Optional peer (`pip install tensorflow-cpu`); never needed by CI. The classic Keras MNIST CNN,
 Adadelta lr 1.0 (rho 0.95, eps 1e-7), the same batch size, uint8 images in memory.

@@ -1,4 +1,4 @@
-"""The seed model and recipe in PyTorch (on its GPU when there is one), timed like `digitjax.bench` times digitjax.
+"""The seed model and recipe in PyTorch (on its GPU when there is one), timed as `digitjax.tools.bench` times digitjax.
 
 Optional peer (`pip install torch`); never needed by CI. Same model (conv 32 3x3, conv 64 3x3,
 max-pool 2, dropout 0.25, dense 256, dropout 0.5, dense 10), Adadelta lr 1.0 (rho 0.95,

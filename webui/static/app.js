@@ -153,7 +153,7 @@ async function send(request) {
 const bars = document.getElementById("bars");
 for (let digit = 0; digit < 10; digit++) {
   const li = document.createElement("li");
-  li.innerHTML = `<span>${digit}</span><span class="bar"><span class="fill"></span></span><span class="pct">0%</span>`;
+  li.innerHTML = `<span class="class">${digit}</span><span class="bar"><span class="fill"></span></span><span class="pct">0%</span>`;
   bars.appendChild(li);
 }
 
@@ -162,7 +162,7 @@ function show(result) {
   const label = document.getElementById("label");
   const confidence = document.getElementById("confidence");
   if (result.empty) return showEmpty(result);
-  label.textContent = result.label;
+  label.textContent = classNames()[result.label];
   label.classList.toggle("unsure", result.unsure);
   label.dataset.label = result.label;
   confidence.textContent = result.unsure
@@ -241,10 +241,22 @@ function showSeen(result) {
 }
 
 let runs = [];
+function currentRun() {
+  return runs.find((r) => r.name === runSelect.value);
+}
+
+// What the selected run predicts: the class names of its dataset, beside the bars and in the header.
+function classNames() {
+  const run = currentRun();
+  return run ? run.class_names : [...Array(10).keys()].map(String);
+}
+
 function showRunInfo() {
-  const run = runs.find((r) => r.name === runSelect.value);
+  const run = currentRun();
   const accuracy = run && run.test_accuracy != null ? `, test accuracy ${(100 * run.test_accuracy).toFixed(2)}%` : "";
   document.getElementById("run-info").textContent = run ? `${run.model}, step ${run.step}${accuracy}` : "";
+  document.getElementById("classes").textContent = run ? `${run.dataset}: ${run.class_names.join(" · ")}` : "";
+  classNames().forEach((name, i) => { bars.children[i].querySelector(".class").textContent = name; });
   document.getElementById("run-page").href = run ? `runs/${encodeURIComponent(run.name)}` : "#";
   document.getElementById("neighbours-note").textContent = run && !run.neighbours ? `not shown: ${run.neighbours_problem}` : "";
 }
@@ -275,7 +287,7 @@ async function refreshRuns() {
 async function loadTestDigit() {
   const index = new URLSearchParams(location.search).get("test");
   if (index === null) return;
-  const response = await fetch(`api/digits/test/${encodeURIComponent(index)}`);
+  const response = await fetch(`api/digits/test/${encodeURIComponent(index)}?run=${encodeURIComponent(runSelect.value)}`);
   const digit = await response.json();
   if (!response.ok) return showError(digit.error);
   backgroundPixels = digit.pixels;
@@ -498,7 +510,9 @@ function showNeighbours(result) {
 
 // A drawing or an upload can be kept; a test digit loaded from a run page (nothing drawn) not.
 function canKeep() {
-  return Boolean(lastResult && !lastResult.empty && (strokes.length || lastUpload));
+  // The store keeps labelled digits: runs of other datasets are not taught here.
+  const digits = (currentRun() || {}).dataset === "mnist";
+  return Boolean(digits && lastResult && !lastResult.empty && (strokes.length || lastUpload));
 }
 
 async function keepImage() {

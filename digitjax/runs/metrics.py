@@ -8,7 +8,7 @@ import time
 
 from etils import epath
 
-from digitjax import objectstore
+from digitjax.runs import objectstore
 
 
 def metrics_path(workdir: str | epath.Path) -> epath.Path:
@@ -16,7 +16,7 @@ def metrics_path(workdir: str | epath.Path) -> epath.Path:
 
 
 def tensorboard_dir(workdir: str | epath.Path) -> epath.Path:
-    """TensorBoard's logdir for a run: scalars, the config as hparams, and profiles (digitjax/profiling.py)."""
+    """TensorBoard's logdir for a run: scalars, the config as hparams, and profiles (digitjax/runs/profiling.py)."""
     return epath.Path(workdir) / "tensorboard"
 
 

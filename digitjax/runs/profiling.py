@@ -16,8 +16,8 @@ import tempfile
 import jax
 from etils import epath
 
-from digitjax import objectstore
 from digitjax.errors import UserError
+from digitjax.runs import objectstore
 
 
 class StepTrace:

@@ -17,7 +17,7 @@ import sys
 
 from etils import epath
 
-from digitjax import objectstore
+from digitjax.runs import objectstore
 
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 COMMIT_FILE = "commit_success.txt"

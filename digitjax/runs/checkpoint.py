@@ -10,7 +10,7 @@ Every step directory holds the items
 so that a model restores from `model` (or `ema`) and `config` alone, on any device kind.
 
 Each step also holds a manifest of its files, and damaged steps are passed over by one policy
-(`digitjax/integrity.py`); the workdir's lock and the run's identity are `digitjax/workdir.py`'s.
+(`digitjax/runs/integrity.py`); the workdir's lock and the run's identity are `digitjax/runs/workdir.py`'s.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from etils import epath
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as policies
 
-from digitjax import integrity, objectstore, orbax_internals, parallel
 from digitjax import model as model_lib
-from digitjax import workdir as workdir_lib
 from digitjax.errors import UserError
+from digitjax.runs import integrity, objectstore, orbax_internals, parallel
+from digitjax.runs import workdir as workdir_lib
 
 if TYPE_CHECKING:
-    from digitjax.trainer import TrainState
+    from digitjax.state import TrainState
 
 BEST_METRIC = "val_accuracy"
 ITEMS = ("model", "ema", "opt", "rng", "config", "meta")
@@ -261,7 +261,7 @@ def load_for_inference(
         config_dict, meta = _read_json_items(mngr, step)
         config = ml_collections.ConfigDict(config_dict)
         # conv="auto": the route is this machine's (the parameters are the same on every route).
-        create = functools.partial(model_lib.create, config.model, seed=0, conv="auto")
+        create = functools.partial(model_lib.create, model_lib.spec_of(config), seed=0, conv="auto")
         graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         target = _abstract(nnx.to_pure_dict(abstract_state), sharding)

@@ -1,8 +1,8 @@
 """2-D convolutions computed by the route a config names (its field `conv`).
 
     xla       nnx.Conv as it is: XLA's own convolution (cuDNN on GPUs, the TPU's on TPUs).
-    onednn    oneDNN's blocked kernels through XLA's FFI (`digitjax/onednn.py`): CPU, one device.
-    winograd  Winograd's F(2x2, 3x3) as 16 matmuls (`digitjax/winograd.py`): 3x3 kernels, even outputs.
+    onednn    oneDNN's blocked kernels through XLA's FFI (`digitjax/ops/onednn.py`): CPU, one device.
+    winograd  Winograd's F(2x2, 3x3) as 16 matmuls (`digitjax/ops/winograd.py`): 3x3 kernels, even outputs.
     shifted   the kh*kw shifted views of the input gathered on the channel axis, then one matmul.
     auto      chosen per backend and shape by `_auto`, below.
 
@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from digitjax import onednn, winograd
 from digitjax.errors import UserError
+from digitjax.ops import onednn, winograd
+from digitjax.ops.call import Call
 
 ROUTES = ("auto", "xla", "onednn", "winograd", "shifted")
 # Past this batch (evaluation's 1,000 images) XLA's own convolution is faster on a CPU: the other
@@ -36,29 +37,6 @@ ROUTES = ("auto", "xla", "onednn", "winograd", "shifted")
 MAX_BATCH = 256
 
 _log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Call:
-    """One convolution as the routes see it: NHWC input, HWIO kernel, stride 1."""
-
-    batch: int
-    height: int
-    width: int
-    cin: int
-    cout: int
-    kh: int
-    kw: int
-    pads: tuple[tuple[int, int], tuple[int, int]] | None  # (low, high) per spatial axis; None: not 'SAME'/'VALID'
-    unsupported: str | None  # why only XLA can compute it
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        (t, b), (left, right) = self.pads
-        return self.height + t + b - self.kh + 1, self.width + left + right - self.kw + 1
-
-    def __str__(self) -> str:
-        return f"batch {self.batch}, {self.height}x{self.width}x{self.cin} -> {self.cout}, {self.kh}x{self.kw}"
 
 
 def _same_pads(k: int) -> tuple[int, int]:
@@ -93,18 +71,6 @@ def describe(conv: nnx.Conv, x: jax.Array) -> Call:
     return Call(b, h, w, cin, cout, kh, kw, pads, unsupported)
 
 
-def _onednn_pad(call: Call) -> int | None:
-    """The one padding oneDNN's handlers take on every side, or None where it differs."""
-    (t, b), (left, right) = call.pads
-    return t if t == b == left == right else None
-
-
-def onednn_kernels(call: Call) -> tuple[bool, str]:
-    """(whether oneDNN has fast kernels for the call, their names)."""
-    pad = _onednn_pad(call)
-    return onednn.kernels(call.batch, call.height, call.width, call.cin, call.cout, call.kh, call.kw, pad)
-
-
 def refusal(route: str, call: Call) -> str | None:
     """Why `route` cannot compute `call`, or None when it can."""
     if route == "xla":
@@ -114,9 +80,9 @@ def refusal(route: str, call: Call) -> str | None:
     if route == "onednn":
         if why := onednn.why_not():
             return f"oneDNN's convolutions are off: {why}"
-        if _onednn_pad(call) is None:
+        if call.even_pad is None:
             return "padding that is not the same on every side"
-        fast, kernels = onednn_kernels(call)
+        fast, kernels = onednn.kernels(call)
         if not fast:
             return f"oneDNN has only slow reference kernels for it on this CPU ({kernels or 'none'})"
     if route == "winograd":
@@ -138,7 +104,7 @@ def _auto(call: Call) -> tuple[str, str]:
     if call.batch > MAX_BATCH:
         return "xla", f"batch {call.batch} > {MAX_BATCH}"
     if refusal("onednn", call) is None:
-        return "onednn", onednn_kernels(call)[1]
+        return "onednn", onednn.kernels(call)[1]
     if call.batch == 1:
         return "xla", "a single image"
     if call.cin > 1 and refusal("winograd", call) is None:
@@ -157,7 +123,7 @@ def choose(requested: str, call: Call) -> tuple[str, str]:
             f"conv={requested!r} cannot compute a convolution of {call}: {why}. Set the config's conv to "
             f"'auto' (which takes XLA's route where the others cannot) or to 'xla'."
         )
-    return requested, onednn_kernels(call)[1] if requested == "onednn" else ""
+    return requested, onednn.kernels(call)[1] if requested == "onednn" else ""
 
 
 @functools.cache
@@ -203,7 +169,7 @@ class Conv(nnx.Conv):
             return super().__call__(x_BxHxWxC)
         kernel, bias = self.kernel[...], self.bias[...] if self.bias is not None else None
         if route == "onednn":
-            return onednn.conv(x_BxHxWxC, kernel, bias, _onednn_pad(call))
+            return onednn.conv(x_BxHxWxC, kernel, bias, call.even_pad)
         if route == "winograd":
             y = winograd.conv3x3(_pad(x_BxHxWxC, call), kernel)
         else:

@@ -8,7 +8,7 @@ for conv2) train the seed model ~1.4x faster than digitjax's matmul and Winograd
 `onednn_conv.cc` is compiled with g++ against Debian's oneDNN (`apt-get install g++
 libdnnl-dev`; or $DNNLROOT for another install) into ~/.cache/digitjax by an explicit step:
 `prepare()`, which the trainer, the evaluator and the web app call before they trace anything, or
-`python -m digitjax.onednn build`. Without a compiler or oneDNN, or with DIGITJAX_ONEDNN=0,
+`python -m digitjax.ops.onednn build`. Without a compiler or oneDNN, or with DIGITJAX_ONEDNN=0,
 `why_not()` says why, and `conv.Conv`'s `auto` route uses digitjax's own convolutions: the
 parameters and checkpoints are the same.
 
@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+
+from digitjax.ops.call import Call
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 _HANDLERS = ("Forward", "BackwardData", "BackwardWeights")
@@ -120,7 +122,7 @@ def _load(compile_if_missing: bool) -> None:
         if compile_if_missing:
             path = build()
         elif not path.exists():
-            _State.off_reason = "not built yet (python -m digitjax.onednn build)"
+            _State.off_reason = "not built yet (python -m digitjax.ops.onednn build)"
             return
         try:
             library = ctypes.CDLL(str(path))
@@ -183,22 +185,32 @@ def block() -> int:
     return _State.library.DigitjaxConvBlock()
 
 
-def kernels(batch: int, height: int, width: int, cin: int, cout: int, kh: int, kw: int, pad: int) -> tuple[bool, str]:
+def kernels(call: Call) -> tuple[bool, str]:
     """(whether oneDNN has fast kernels for this stride-1 convolution, the names of those it
     picks: `forward=... weights=... data=...`, empty where it has none)."""
-    return _kernels(batch, height, width, cin, cout, kh, kw, pad) if available() else (False, "")
+    return _kernels(call) if available() and call.even_pad is not None else (False, "")
 
 
 @functools.cache  # oneDNN is asked once per shape
-def _kernels(batch: int, height: int, width: int, cin: int, cout: int, kh: int, kw: int, pad: int) -> tuple[bool, str]:
+def _kernels(call: Call) -> tuple[bool, str]:
     out = ctypes.create_string_buffer(512)
-    fast = _State.library.DigitjaxConvKernels(batch, cin, height, width, cout, kh, kw, pad, out, len(out))
+    c = call
+    fast = _State.library.DigitjaxConvKernels(
+        c.batch, c.cin, c.height, c.width, c.cout, c.kh, c.kw, c.even_pad, out, 512
+    )
     return bool(fast), out.value.decode()
 
 
-def supports(batch: int, height: int, width: int, cin: int, cout: int, kh: int, kw: int, pad: int) -> bool:
+def supports(call: Call) -> bool:
     """Whether oneDNN has a fast (not reference) convolution of this shape (stride 1, symmetric padding)."""
-    return kernels(batch, height, width, cin, cout, kh, kw, pad)[0]
+    return kernels(call)[0]
+
+
+def call_of(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], pad: int) -> Call:
+    """The Call of an NHWC input by an HWIO kernel, padded by `pad` on every side."""
+    b, h, w, cin = x_shape
+    kh, kw, _, cout = kernel_shape
+    return Call(b, h, w, cin, cout, kh, kw, ((pad, pad), (pad, pad)), None)
 
 
 def to_blocked(x_BxHxWxC: jax.Array, block: int) -> jax.Array:
@@ -260,8 +272,8 @@ _conv_blocked.defvjp(_conv_blocked_fwd, _conv_blocked_bwd)
 def conv(x_BxHxWxC: jax.Array, kernel_HWIO: jax.Array, bias_O: jax.Array | None, pad: int) -> jax.Array:
     """A stride-1 float32 convolution padded by `pad` on every side, plus the bias; NHWC in and
     out, differentiable. Only where `supports` says so."""
-    kh, kw, _, cout = kernel_HWIO.shape
-    if not supports(*x_BxHxWxC.shape, cout, kh, kw, pad):
+    cout = kernel_HWIO.shape[-1]
+    if not supports(call_of(x_BxHxWxC.shape, kernel_HWIO.shape, pad)):
         raise ValueError(f"oneDNN has no fast convolution of {x_BxHxWxC.shape} by {kernel_HWIO.shape} padded by {pad}")
     bias_O = jnp.zeros(cout, x_BxHxWxC.dtype) if bias_O is None else bias_O
     k = block()
@@ -269,17 +281,17 @@ def conv(x_BxHxWxC: jax.Array, kernel_HWIO: jax.Array, bias_O: jax.Array | None,
 
 
 def main(argv: list[str]) -> None:
-    """`python -m digitjax.onednn build`: compile now (as training would on first use); `info`:
+    """`python -m digitjax.ops.onednn build`: compile now (as training would on first use); `info`:
     whether the convolutions are on here, the channel block, and the kernels for the seed model's."""
     if argv[1:] not in (["build"], ["info"]):
-        sys.exit("usage: python -m digitjax.onednn build|info")
+        sys.exit("usage: python -m digitjax.ops.onednn build|info")
     reason = prepare()
     if reason is not None:
         sys.exit(f"oneDNN's convolutions are off: {reason}")
     print(f"oneDNN's convolutions are on: {library_path()}, channel blocks of {block()}")
     if argv[1] == "info":
         for name, shape in (("seed conv1", (128, 28, 28, 1, 32)), ("seed conv2", (128, 26, 26, 32, 64))):
-            print(f"{name} {shape}: {kernels(*shape, 3, 3, 0)[1]}")
+            print(f"{name} {shape}: {kernels(call_of(shape[:4], (3, 3, shape[3], shape[4]), 0))[1]}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import json
 
 from etils import epath
 
-from digitjax import objectstore, orbax_internals
 from digitjax.errors import UserError
+from digitjax.runs import objectstore, orbax_internals
 
 MANIFEST = "digitjax_manifest.json"
 

@@ -11,12 +11,14 @@ import os
 import ml_collections
 from etils import epath
 
-from digitjax import integrity, objectstore, orbax_internals
+from digitjax import data
+from digitjax import model as model_lib
 from digitjax.errors import UserError
+from digitjax.runs import integrity, objectstore, orbax_internals
 
 # Fields that give a checkpoint its shape or its run its identity: a workdir whose
 # checkpoint differs in one of them belongs to another run and is never resumed or touched.
-STRUCTURAL_FIELDS = ("model", "optimizer", "batch_size", "seed", "validation_size")
+STRUCTURAL_FIELDS = ("optimizer", "batch_size", "seed", "validation_size")
 
 
 MARKER = ".digitjax-run"  # written into every workdir a run claims: a folder digitjax may write in
@@ -83,14 +85,23 @@ def claim(lock: FileLock | objectstore.LeaseLock) -> None:
 def check_identity(workdir: epath.Path, step: int, config: ml_collections.ConfigDict) -> None:
     """Refuses a workdir whose checkpoint at `step` belongs to another run (STRUCTURAL_FIELDS)."""
     step_dir = workdir / "checkpoints" / str(step)
-    saved = json.loads(orbax_internals.json_item_file(step_dir, "config").read_text())
-    diffs = [f"{k}={saved.get(k)!r} there, {config[k]!r} here" for k in STRUCTURAL_FIELDS if saved.get(k) != config[k]]
+    saved = ml_collections.ConfigDict(json.loads(orbax_internals.json_item_file(step_dir, "config").read_text()))
+    there, here = _identity(saved), _identity(config)
+    diffs = [f"{k}={there[k]!r} there, {here[k]!r} here" for k in here if there[k] != here[k]]
     if diffs:
         raise UserError(
             f"{workdir} holds a checkpoint of another run ({'; '.join(diffs)}). "
             f"Nothing was changed there. Train into a new --workdir, or delete "
             f"{workdir} to start that run over."
         )
+
+
+def _identity(config: ml_collections.ConfigDict) -> dict:
+    """What makes a run this run: the model's family and sizes (older configs name an alias), its
+    dataset, and STRUCTURAL_FIELDS."""
+    spec = model_lib.spec_of(config)
+    fields = {k: config.get(k) for k in STRUCTURAL_FIELDS}
+    return {"model": spec.family, "model_kwargs": spec.kwargs, "dataset": data.dataset_of(config), **fields}
 
 
 def is_out_of_space(e: BaseException) -> bool:

@@ -1,8 +1,8 @@
 """Digits people drew and labelled on the canvas: a SQLite store, and its export as MNIST files.
 
-    python -m digitjax.drawings stats --store instance/drawings.sqlite
-    python -m digitjax.drawings export --store instance/drawings.sqlite --out DIR   # four IDX files
-    python -m digitjax.drawings delete --store instance/drawings.sqlite ID
+    python -m digitjax.canvas.drawings stats --store instance/drawings.sqlite
+    python -m digitjax.canvas.drawings export --store instance/drawings.sqlite --out DIR   # four IDX files
+    python -m digitjax.canvas.drawings delete --store instance/drawings.sqlite ID
 
 One row per labelled drawing: the 28x28 input the model saw, the raw canvas PNG, the label the
 person gave, the model's answer and confidence, the run and step that answered, the time and
@@ -209,7 +209,7 @@ def main(argv=None) -> None:
             print(json.dumps(export(conn, Path(args.out))))
         else:
             if args.id is None:
-                raise UserError("delete needs the drawing's id: python -m digitjax.drawings delete ID")
+                raise UserError("delete needs the drawing's id: python -m digitjax.canvas.drawings delete ID")
             print(json.dumps({"deleted": delete(conn, args.id), "id": args.id}))
         conn.close()
 

@@ -1,9 +1,9 @@
 """Training and inference speed of a config's model on this machine, as a table and one JSON line.
 
-    python -m digitjax.bench --config experiments/seed.py                      # ~1 min on 2 CPU cores
-    python -m digitjax.bench --config experiments/seed.py --config.conv=xla    # another route
-    python -m digitjax.bench --config experiments/seed.py --baseline --peers   # side by side
-    python -m digitjax.bench --config experiments/seed.py --smoke              # seconds, for CI
+    python -m digitjax.tools.bench --config experiments/seed.py                      # ~1 min on 2 CPU cores
+    python -m digitjax.tools.bench --config experiments/seed.py --config.conv=xla    # another route
+    python -m digitjax.tools.bench --config experiments/seed.py --baseline --peers   # side by side
+    python -m digitjax.tools.bench --config experiments/seed.py --smoke              # seconds, for CI
 
 Times the trainer's own `train_steps` (the config's step: its augmentation and weight average;
 the dataset on the device, `steps_per_dispatch` steps a dispatch; a plain jitted step where that
@@ -30,8 +30,11 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from digitjax import conv, metrics, onednn, trainer
 from digitjax import model as model_lib
+from digitjax import trainer
+from digitjax.ops import conv, onednn
+from digitjax.runs import metrics
+from digitjax.state import TrainState
 from digitjax.train import EXPERIMENTS
 
 
@@ -63,7 +66,7 @@ def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return baseline
 
 
-def synthetic_run(config, n: int = 60000) -> tuple[trainer.TrainState, trainer.Batches, trainer.Options]:
+def synthetic_run(config, n: int = 60000) -> tuple[TrainState, trainer.TrainingSet, trainer.Options]:
     """Random uint8 images and labels of MNIST's shape on the device in the epoch's batch order, and
     a fresh state and the step options of `config`: what `trainer.train_steps` takes."""
     rng = np.random.default_rng(0)
@@ -72,10 +75,10 @@ def synthetic_run(config, n: int = 60000) -> tuple[trainer.TrainState, trainer.B
     state, _ = trainer.create_train_state(config, steps_per_epoch * config.num_epochs, images)
     order = jnp.arange(steps_per_epoch * config.batch_size).reshape(steps_per_epoch, config.batch_size)
     state.model.train()
-    return state, trainer.Batches(images, labels, order), trainer.Options.from_config(config)
+    return state, trainer.TrainingSet(images, labels, order), trainer.Options.from_config(config)
 
 
-def step_flops(state: trainer.TrainState, batches: trainer.Batches, options: trainer.Options) -> float:
+def step_flops(state: TrainState, batches: trainer.TrainingSet, options: trainer.Options) -> float:
     lowered = trainer.lower_train_steps(state, batches, jax.random.key(0), options)
     return lowered.compile().cost_analysis()["flops"]
 
@@ -298,7 +301,7 @@ def main(argv: list[str]) -> None:
         config = _CONFIG.value
     except (flags.Error, AttributeError, KeyError, OSError) as e:
         sys.exit(
-            f"{e}\nusage: python -m digitjax.bench --config experiments/seed.py [--config.conv=xla] [--steps N] "
+            f"{e}\nusage: python -m digitjax.tools.bench --config experiments/seed.py [--config.conv=xla] [--steps N] "
             "[--baseline] [--peers] [--accuracy] [--smoke]"
         )
     steps = 4 if _SMOKE.value else _STEPS.value

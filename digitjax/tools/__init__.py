@@ -1,0 +1,1 @@
+"""Command-line tools around the library: `python -m digitjax.tools.bench`."""
