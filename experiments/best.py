@@ -15,17 +15,17 @@ from experiments import default
 
 
 def get_config():
-    c = default.get_config()
-    c.model = "deep"
-    c.model_kwargs = ml_collections.ConfigDict(dict(width=32, blocks=2, hidden=256, dropout=0.3))
-    c.num_epochs = 30
-    c.validation_size = 0
-    c.augment_rotate_deg = 10.0
-    c.augment_scale = 0.1
-    c.augment_shift_px = 2.0
-    c.augment_elastic_px = 1.0
-    c.ema_decay = 0.999
-    c.test_time_shifts = True
-    c.log_every_steps = 468  # an epoch
-    c.checkpoint_every_steps = 4680
-    return c
+    config = default.get_config()
+    config.model = "deep"
+    config.model_kwargs = ml_collections.ConfigDict(dict(width=32, blocks=2, hidden=256, dropout=0.3))
+    config.num_epochs = 30
+    config.validation_size = 0
+    config.augment_rotate_deg = 10.0
+    config.augment_scale = 0.1
+    config.augment_shift_px = 2.0
+    config.augment_elastic_px = 1.0
+    config.ema_decay = 0.999
+    config.test_time_shifts = True
+    config.log_every_steps = 468  # an epoch
+    config.checkpoint_every_steps = 4680
+    return config

@@ -35,8 +35,8 @@ class TinyCNN(nnx.Module):
 
 
 def get_config():
-    c = default.get_config()
-    c.model = "experiments.custom_model:TinyCNN"
-    c.model_kwargs = ml_collections.ConfigDict()  # TinyCNN takes no sizes
-    c.num_epochs = 2
-    return c
+    config = default.get_config()
+    config.model = "experiments.custom_model:TinyCNN"
+    config.model_kwargs = ml_collections.ConfigDict()  # TinyCNN takes no sizes
+    config.num_epochs = 2
+    return config

@@ -19,27 +19,29 @@ from experiments import default
 
 
 def get_config():
-    c = default.get_config()
-    c.model = "s2d"
-    c.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 96), hidden=256, dropout=0.0, crop=2, bn1_affine=False))
-    c.whiten_conv1 = True
-    c.num_epochs = 6
-    c.batch_size = 256  # more images/s than 128 on 2 cores, AVX2 and AVX-512 (experiments/RESULTS.md)
-    c.learning_rate = 1.5e-2
-    c.validation_size = 0
-    c.augment_rotate_deg = 10.0
-    c.augment_scale = 0.1
-    c.augment_shift_px = 2.0
-    c.label_smoothing = 0.1
-    c.ema_decay = 0.99
-    c.test_time_shifts = True
-    c.test_time_warps = tuple(
+    config = default.get_config()
+    config.model = "s2d"
+    config.model_kwargs = ml_collections.ConfigDict(
+        dict(widths=(32, 96), hidden=256, dropout=0.0, crop=2, bn1_affine=False)
+    )
+    config.whiten_conv1 = True
+    config.num_epochs = 6
+    config.batch_size = 256  # more images/s than 128 on 2 cores, AVX2 and AVX-512 (experiments/RESULTS.md)
+    config.learning_rate = 1.5e-2
+    config.validation_size = 0
+    config.augment_rotate_deg = 10.0
+    config.augment_scale = 0.1
+    config.augment_shift_px = 2.0
+    config.label_smoothing = 0.1
+    config.ema_decay = 0.99
+    config.test_time_shifts = True
+    config.test_time_warps = tuple(
         (deg, zoom) for deg in (-8, 0, 8) for zoom in (0.92, 1.0, 1.08) if (deg, zoom) != (0, 1.0)
     )
-    c.eval_every_steps = 117  # half an epoch: a tenth would add minutes of testing to each run
+    config.eval_every_steps = 117  # half an epoch: a tenth would add minutes of testing to each run
     # Logs and checkpoints only at epoch ends; 100 steps per dispatch, so that a SIGTERM is
     # answered within seconds.
-    c.steps_per_dispatch = 100
-    c.log_every_steps = 10_000
-    c.checkpoint_every_steps = 10_000
-    return c
+    config.steps_per_dispatch = 100
+    config.log_every_steps = 10_000
+    config.checkpoint_every_steps = 10_000
+    return config

@@ -14,11 +14,11 @@ from experiments import default
 
 
 def get_config():
-    c = default.get_config()
-    c.init_from = "checkpoints/default"  # the trained run to start from (same model)
-    c.drawings = "instance/drawings.sqlite"  # the canvas's store (DRAWINGS_DB), or a folder exported from it
-    c.drawings_weight = 10  # each training drawing this many times per epoch, beside MNIST's 55,000
-    c.num_epochs = 1
-    c.learning_rate = 3e-4  # a tenth of training's peak: adjust, do not relearn
-    c.warmup_fraction = 0.1
-    return c
+    config = default.get_config()
+    config.init_from = "checkpoints/default"  # the trained run to start from (same model)
+    config.drawings = "instance/drawings.sqlite"  # the canvas's store (DRAWINGS_DB), or a folder exported from it
+    config.drawings_weight = 10  # each training drawing this many times per epoch, beside MNIST's 55,000
+    config.num_epochs = 1
+    config.learning_rate = 3e-4  # a tenth of training's peak: adjust, do not relearn
+    config.warmup_fraction = 0.1
+    return config

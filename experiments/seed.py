@@ -13,13 +13,13 @@ from experiments import default
 
 
 def get_config():
-    c = default.get_config()
-    c.model = "seed"
-    c.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 64), hidden=256, dropout=(0.25, 0.5)))
-    c.num_epochs = 10
-    c.optimizer = "adadelta"
-    c.learning_rate = 1.0
-    c.lr_schedule = "constant"
-    c.validation_size = 0
-    c.checkpoint_every_steps = 100
-    return c
+    config = default.get_config()
+    config.model = "seed"
+    config.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 64), hidden=256, dropout=(0.25, 0.5)))
+    config.num_epochs = 10
+    config.optimizer = "adadelta"
+    config.learning_rate = 1.0
+    config.lr_schedule = "constant"
+    config.validation_size = 0
+    config.checkpoint_every_steps = 100
+    return config

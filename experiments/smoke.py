@@ -9,11 +9,11 @@ from experiments import default
 
 
 def get_config():
-    c = default.get_config()
-    c.num_epochs = 2
-    c.batch_size = 32
-    c.validation_size = 1000
-    c.train_size = 1024
-    c.log_every_steps = 5
-    c.checkpoint_every_steps = 10
-    return c
+    config = default.get_config()
+    config.num_epochs = 2
+    config.batch_size = 32
+    config.validation_size = 1000
+    config.train_size = 1024
+    config.log_every_steps = 5
+    config.checkpoint_every_steps = 10
+    return config

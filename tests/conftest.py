@@ -133,11 +133,13 @@ def synthetic_tfds(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_others(tmp_path_factory) -> Path:
+def synthetic_others(synthetic_tfds, tmp_path_factory) -> Path:
     """A TFDS data dir holding the other datasets (`fashion_mnist`, `kmnist`) as the same images
-    under their own TFDS names, each labelled otherwise, so a run that read the wrong one shows it."""
+    under their own TFDS names, each labelled otherwise, so a run that read the wrong one shows it;
+    and synthetic_tfds's `mnist` (a link), so one data dir serves runs of every dataset."""
 
     def build(folder: Path) -> None:
+        (folder / "mnist").symlink_to(synthetic_tfds / "mnist", target_is_directory=True)
         for shift, name in enumerate(sorted(set(data.DATASETS) - {"mnist"}), start=1):
             shifted = {k: (v + shift) % 10 if k.endswith("labels") else v for k, v in _synthetic_arrays().items()}
             data.write_tfds(folder, shifted, name)

@@ -141,7 +141,7 @@ def test_fast_checkpoint_predicts_in_a_fresh_process_what_it_did_in_training(tra
 def test_evaluate_writes_the_report(trained, run_cli):
     workdir = trained[0]
     proc = run_cli("digitjax.evaluate", "--workdir", str(workdir))
-    assert "test accuracy" in proc.stdout and "digit 9:" in proc.stdout
+    assert "test accuracy" in proc.stdout and "\n  9: " in proc.stdout  # per class, by its name
     for name in ("report.json", "confusion.png", "mistakes.png", "curves.png"):
         assert (workdir / "report" / name).stat().st_size > 1000 or name == "report.json"
     assert json.loads((workdir / "report" / "report.json").read_text())["test_errors"] > 0

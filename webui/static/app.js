@@ -254,9 +254,10 @@ function classNames() {
 function showRunInfo() {
   const run = currentRun();
   const accuracy = run && run.test_accuracy != null ? `, test accuracy ${(100 * run.test_accuracy).toFixed(2)}%` : "";
-  document.getElementById("run-info").textContent = run ? `${run.model}, step ${run.step}${accuracy}` : "";
-  document.getElementById("classes").textContent = run ? `${run.dataset}: ${run.class_names.join(" · ")}` : "";
-  classNames().forEach((name, i) => { bars.children[i].querySelector(".class").textContent = name; });
+  document.getElementById("run-info").textContent = run ? `${run.model} (${run.dataset}), step ${run.step}${accuracy}` : "";
+  const names = classNames();
+  names.forEach((name, i) => { bars.children[i].querySelector(".class").textContent = name; });
+  bars.classList.toggle("named", names.some((name) => name.length > 2));
   document.getElementById("run-page").href = run ? `runs/${encodeURIComponent(run.name)}` : "#";
   document.getElementById("neighbours-note").textContent = run && !run.neighbours ? `not shown: ${run.neighbours_problem}` : "";
 }
