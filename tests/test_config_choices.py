@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -14,6 +15,7 @@ from digitjax import data, evaluate, trainer
 from digitjax import loss as loss_lib
 from digitjax import model as model_lib
 from digitjax.runs import checkpoint
+from digitjax.state import TrainState
 from experiments import fast, fast995, smoke
 from tests.conftest import ROOT, SMOKE
 
@@ -28,22 +30,14 @@ def _train_cli(workdir, synthetic_tfds, *args):
     return proc
 
 
-# One run in the fast tier; the other is a second start of the same program, so in the full suite only.
-@pytest.mark.parametrize("name, sizes", [("fashion_mnist", SIZES), pytest.param("kmnist", (), marks=pytest.mark.slow)])
-def test_the_dataset_and_the_sizes_are_config_fields_the_run_records(
-    name, sizes, synthetic_others, synthetic_tfds, tmp_path
-):
-    """`--config.dataset=NAME` trains on that TFDS dataset; evaluation reads the dataset from the
-    run; `--config.model_kwargs...` sizes the model, and the checkpoint records the whole spec."""
-    workdir = tmp_path / name
-    proc = _train_cli(workdir, synthetic_others, f"--config.dataset={name}", "--config.train_size=0", *sizes)
-    assert "test accuracy" in proc.stdout
+def _assert_the_run_records_its_choices(workdir, name, hidden, width, synthetic_others, synthetic_tfds):
+    """The checkpoint records the dataset and the whole model spec; evaluation reads the dataset
+    from the run; and the model learned that dataset's labels, not MNIST's."""
     restored = checkpoint.load_for_inference(workdir)
     assert restored.meta["dataset"] == name and restored.config.dataset == name
     spec = restored.meta["model_spec"]
-    assert spec["family"] == "fast" and spec["kwargs"]["hidden"] == (48 if sizes else 128)
-    assert restored.model.dense1.kernel.shape[1] == spec["kwargs"]["hidden"]
-    assert restored.model.conv1.kernel.shape[-1] == (8 if sizes else 32)
+    assert spec["family"] == "fast" and spec["kwargs"]["hidden"] == hidden and spec["kwargs"]["widths"][0] == width
+    assert restored.model.dense1.kernel.shape[1] == hidden and restored.model.conv1.kernel.shape[-1] == width
     summary = evaluate.report(workdir, None, data.Paths(str(synthetic_others), "/nonexistent"), plots=False)
     assert summary["dataset"] == name and summary["class_names"] == list(data.DATASETS[name].class_names)
     assert summary["test_accuracy"] > 0.9, summary["test_accuracy"]
@@ -51,6 +45,23 @@ def test_the_dataset_and_the_sizes_are_config_fields_the_run_records(
     mnist = data.load("mnist", "test", data.Paths(str(synthetic_tfds), "/nonexistent"))
     batches = evaluate.batches(mnist.images_NxHxW, mnist.labels_N, 100)
     assert evaluate.evaluate_arrays(restored.model, batches, len(mnist.labels_N))["accuracy"] < 0.3
+
+
+def test_dataset_and_sizes_are_config_fields_the_run_records(synthetic_others, synthetic_tfds, tmp_path):
+    config = smoke.get_config()
+    config.dataset, config.train_size, config.num_epochs = "fashion_mnist", 0, 1
+    config.model_kwargs.hidden, config.model_kwargs.widths = 48, (8, 16)
+    trainer.train_and_evaluate(config, tmp_path / "run", data.Paths(str(synthetic_others), "/nonexistent"))
+    _assert_the_run_records_its_choices(tmp_path / "run", "fashion_mnist", 48, 8, synthetic_others, synthetic_tfds)
+
+
+@pytest.mark.slow  # a program of its own for each dataset
+@pytest.mark.parametrize("name", ["fashion_mnist", "kmnist"])
+def test_the_command_line_picks_the_dataset_and_the_sizes(name, synthetic_others, synthetic_tfds, tmp_path):
+    """`python -m digitjax.train --config experiments/smoke.py --config.dataset=NAME --config.model_kwargs...`"""
+    proc = _train_cli(tmp_path / name, synthetic_others, f"--config.dataset={name}", "--config.train_size=0", *SIZES)
+    assert "test accuracy" in proc.stdout
+    _assert_the_run_records_its_choices(tmp_path / name, name, 48, 8, synthetic_others, synthetic_tfds)
 
 
 def test_named_recipes_are_their_families_at_set_sizes():
@@ -66,16 +77,21 @@ def test_sizes_a_family_does_not_take_are_a_clear_error():
         model_lib.spec("fast", {"crop": 2})
 
 
-def test_a_run_configured_before_the_fields_restores_by_its_models_old_name(synthetic_tfds, tmp_path):
+def test_a_run_configured_before_the_fields_restores_by_its_models_old_name(tmp_path):
     """A config without `dataset` and `model_kwargs`, naming a model the old way, as older runs' are."""
     config = smoke.get_config()
     del config["dataset"], config["model_kwargs"]
-    config.model, config.num_epochs, config.train_size, config.validation_size = "small", 1, 256, 0
-    trainer.train_and_evaluate(config, tmp_path / "old", data.Paths(str(synthetic_tfds), "/nonexistent"))
+    config.model = "small"
+    model = model_lib.create("small", 0)
+    state = TrainState(model, nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param), nnx.MultiMetric())
+    saved = checkpoint.RunCheckpoints(tmp_path / "old", config)
+    saved.save(1, state, jax.random.key(0), {})
+    saved.close()
     restored = checkpoint.load_for_inference(tmp_path / "old")
     assert "dataset" not in restored.config and "model_kwargs" not in restored.config
     assert data.dataset_of(restored.config) == "mnist"
     assert restored.model.conv1.kernel.shape[-1] == 8  # small: fast at widths (8, 24)
+    assert np.array_equal(restored.model.dense2.kernel[...], model.dense2.kernel[...])
 
 
 def test_evaluation_reports_the_training_loss_definition(monkeypatch):
