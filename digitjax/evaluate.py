@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import sys
 
@@ -139,6 +140,14 @@ def report(workdir: epath.Path, step: int | None, paths: data.Paths, plots: bool
     return summary
 
 
+def _plots_installed() -> bool:
+    """matplotlib is the `plots` extra: a training-only install evaluates without the PNGs, and says so."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print("No plots: matplotlib is not installed (pip install 'digitjax[plots]').", file=sys.stderr)
+        return False
+    return True
+
+
 def mistakes(labels_N: np.ndarray, probs_NxC: np.ndarray) -> list[dict]:
     """Every wrong answer, the most confident first; `index` is the digit's place in the test split."""
     probs_NxC = np.asarray(probs_NxC)
@@ -203,7 +212,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error():
         paths = data.Paths(args.data_dir, args.idx_dir)
-        summary = report(epath.Path(args.workdir), args.step, paths, plots=not args.json)
+        plots = not args.json and _plots_installed()
+        summary = report(epath.Path(args.workdir), args.step, paths, plots=plots)
         if args.drawings:
             from digitjax.runs import checkpoint
 
@@ -226,7 +236,8 @@ def main(argv=None) -> None:
             )
         else:
             print(f"drawings ({drawn['drawings']}): none in the test split yet")
-    print(f"report: {epath.Path(args.workdir) / 'report'} (report.json, confusion.png, mistakes.png, curves.png)")
+    pngs = ", confusion.png, mistakes.png, curves.png" if plots else ""
+    print(f"report: {epath.Path(args.workdir) / 'report'} (report.json{pngs})")
 
 
 if __name__ == "__main__":

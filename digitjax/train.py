@@ -8,9 +8,11 @@ Ctrl-C) saves a checkpoint at the current step and stops. The training itself is
 `digitjax/trainer.py`.
 
 Every device of every process trains, data-parallel (digitjax/runs/parallel.py). Several hosts run the
-same command, each with its process flags (or none, where JAX finds them, as on Cloud TPU):
+same command, each with its process flags, or `--distributed` where JAX finds them itself
+(a multi-host Cloud TPU slice, SLURM's srun, Open MPI's mpirun):
 
     python -m digitjax.train --coordinator_address host0:1234 --num_processes 2 --process_id 0
+    srun --ntasks=2 python -m digitjax.train --distributed
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     None,
-    "Join a multi-host run whose processes JAX finds by itself. Default: when JAX's own cluster detection finds "
-    "several processes (a multi-host Cloud TPU VM, SLURM, Open MPI's mpirun, Kubernetes) or JAX_COORDINATOR_ADDRESS "
-    "is set.",
+    "Join a multi-host run whose processes JAX finds by itself (jax.distributed.initialize(): a multi-host Cloud TPU "
+    "slice, SLURM, Open MPI's mpirun). Default: only with --coordinator_address or JAX_COORDINATOR_ADDRESS set; "
+    "one process on a cluster node trains alone.",
 )
 
 

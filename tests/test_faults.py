@@ -1,7 +1,6 @@
 """Faults a run must survive: kills at any moment, preemption, damaged checkpoints, a full disk."""
 
 import json
-import os
 import random
 import re
 import shutil
@@ -88,16 +87,13 @@ def _kill_during_save(proc, workdir: Path) -> str | None:
     root = workdir / "checkpoints"
 
     def writing():
-        try:
-            return any(n.endswith(orbax_internals.TMP_SUFFIX) for n in os.listdir(root))
-        except FileNotFoundError:
-            return False
+        return bool(orbax_internals.pending_dirs(root))
 
     _wait_until(proc, writing, "a checkpoint write")
     proc.kill()
     proc.wait()
     # Proof that the kill landed mid-write: the uncommitted step is still there.
-    partial = [p.name for p in root.glob(f"*{orbax_internals.TMP_SUFFIX}")]
+    partial = [p.name for p in orbax_internals.pending_dirs(root)]
     return f"SIGKILL while writing {partial[0]}" if partial else None
 
 

@@ -1,5 +1,6 @@
-"""What digitjax relies on of Orbax beyond its public API (digitjax/runs/orbax_internals.py), checked
-against the installed Orbax: a release that changes one of these fails here, by name."""
+"""How digitjax finds Orbax's steps (its public step-path helpers) and what it relies on beyond Orbax's
+public API (digitjax/runs/orbax_internals.py), checked against the installed Orbax: a release that
+changes one of these fails here, by name."""
 
 import json
 import logging
@@ -27,16 +28,18 @@ def test_a_step_is_written_into_the_pending_dir_and_the_callback_runs_before_the
     seen = {}
 
     def on_written():
-        seen["pending"] = orbax_internals.pending_dir(tmp_path, 3).is_dir()
+        seen["dir"] = orbax_internals.pending_dir(tmp_path, 3)
+        seen["pending"] = seen["dir"].is_dir() and seen["dir"].name != "3"
         seen["committed"] = (tmp_path / "3").exists()
         seen["found"] = orbax_internals.pending_dirs(tmp_path)
         seen["items"] = sorted(p.name for p in orbax_internals.pending_dir(tmp_path, 3).iterdir())
 
     _save(tmp_path, 3, on_written)
     assert seen["pending"] and not seen["committed"]
-    assert seen["found"] == [orbax_internals.pending_dir(tmp_path, 3)]
+    assert seen["found"] == [seen["dir"]]
     assert {"model", "config"} <= set(seen["items"]), "the items are written when the callback runs"
-    assert (tmp_path / "3").is_dir() and orbax_internals.pending_dirs(tmp_path) == []
+    assert orbax_internals.is_committed(tmp_path / "3") and orbax_internals.pending_dirs(tmp_path) == []
+    assert orbax_internals.pending_dir(tmp_path, 3) is None
 
 
 def test_on_a_bucket_a_step_is_written_in_place_and_committed_by_a_file_after_the_callback(gcs):
@@ -45,14 +48,15 @@ def test_on_a_bucket_a_step_is_written_in_place_and_committed_by_a_file_after_th
     root, seen = epath.Path(f"{gcs.bucket}/orbax-internals"), {}
 
     def on_written():
-        seen["items"] = sorted(p.name for p in orbax_internals.pending_dir(root, 3).iterdir())
+        seen["dir"] = orbax_internals.pending_dir(root, 3)
+        seen["items"] = sorted(p.name for p in seen["dir"].iterdir())
         seen["committed"] = orbax_internals.is_committed(root / "3")
         seen["found"] = orbax_internals.pending_dirs(root)
 
     _save(root, 3, on_written)
     assert {"model", "config"} <= set(seen["items"]) and not seen["committed"]
-    assert seen["found"] == [orbax_internals.pending_dir(root, 3)]
-    assert (root / "3" / orbax_internals.COMMIT_FILE).exists() and orbax_internals.pending_dirs(root) == []
+    assert seen["found"] == [seen["dir"]] == [root / "3"]
+    assert orbax_internals.is_committed(root / "3") and orbax_internals.pending_dirs(root) == []
 
 
 def test_a_json_item_is_one_file(tmp_path):

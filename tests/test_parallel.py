@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitjax.runs import checkpoint, integrity, parallel
+from digitjax.runs import checkpoint, integrity
 from digitjax.runs import metrics as metrics_lib
 from experiments.bench_serve import free_port
 
@@ -176,23 +176,14 @@ def _slurm(process: int, job: int) -> dict:
     }  # fmt: skip
 
 
-def test_jax_finds_the_cluster_from_a_launchers_environment(monkeypatch):
-    """digitjax asks JAX's own detection (jax._src.clusters): this fails if JAX changes it."""
-    for key, value in _slurm(1, 4242).items():
-        monkeypatch.setenv(key, value)
-    assert parallel.detected_cluster() == "SlurmCluster"
-    monkeypatch.setenv("SLURM_NTASKS", "1")
-    assert parallel.detected_cluster() is None  # one task: nothing to join
-
-
 def test_processes_a_launcher_starts_find_each_other_stop_together_and_resume(tmp_path, start_training):
-    """Two processes with only the environment SLURM gives them (no digitjax flags): JAX finds the
-    cluster; SIGTERM to one of them stops both at the same step, saved; the same launch resumes."""
+    """Two processes with the environment SLURM gives them and `--distributed`: JAX finds the cluster
+    itself; SIGTERM to one of them stops both at the same step, saved; the same launch resumes."""
     workdir = tmp_path / "run"
     job = next(j for j in range(1000, 5000) if _port_free(j % 2**12 + 65535 - 2**12 + 1))
 
     def launch(*args):
-        return [start_training(workdir, *args, **_devices(2), **_slurm(i, job)) for i in range(2)]
+        return [start_training(workdir, "--distributed", *args, **_devices(2), **_slurm(i, job)) for i in range(2)]
 
     procs = launch("--config.num_epochs=20", "--config.steps_per_dispatch=2", "--config.log_every_steps=2")
     while len(_records(workdir)) < 3:

@@ -174,7 +174,8 @@ class RunCheckpoints:
         except Exception as e:
             if not workdir_lib.is_out_of_space(e):
                 raise
-            orbax_internals.pending_dir(self.root, self._saving).rmtree(missing_ok=True)
+            if (partial := orbax_internals.pending_dir(self.root, self._saving)) is not None:
+                partial.rmtree(missing_ok=True)
             raise workdir_lib.out_of_space_error(self.workdir, self._saving) from None
 
     def close(self) -> None:

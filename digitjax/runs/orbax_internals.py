@@ -1,13 +1,14 @@
-"""What digitjax relies on of Orbax beyond its public API, all in one place.
-
-`tests/test_orbax_internals.py` checks each of these against the installed Orbax, so an Orbax
-release that changes one fails there, by name, instead of somewhere in a run:
-  - on a disk, a step is written into `<step>.orbax-checkpoint-tmp*` beside its final directory
-    and renamed when committed; on gs:// it is written in place and committed by writing
-    `commit_success.txt` into it; `post_finalization_callback` runs before either commit;
-  - a JSON item (`ocp.args.JsonSave`) is the file `<step>/<item>/metadata`;
+"""Orbax's step folders through its public helpers (`orbax.checkpoint.path.step`), and the two
+things digitjax relies on that have no public form, each checked by `tests/test_orbax_internals.py`
+against the installed Orbax so that a release that changes one fails there, by name:
+  - a JSON item (`ocp.args.JsonSave`) is the file `<step>/<item>/metadata`, read directly where
+    Orbax's reader would wait for the other processes;
   - a failed save is logged by Orbax's own modules (their paths contain "orbax") and its asyncio
     tasks are named for Orbax.
+
+Uncommitted steps are removed by digitjax (`pending_dirs`), not by `CheckpointManagerOptions`'
+`cleanup_tmp_directories`: Orbax would clean up when the manager opens, before digitjax has taken the
+workdir's lock, and so could delete a save another live run is writing.
 """
 
 from __future__ import annotations
@@ -16,35 +17,24 @@ import logging
 import sys
 
 from etils import epath
-
-from digitjax.runs import objectstore
-
-TMP_SUFFIX = ".orbax-checkpoint-tmp"
-COMMIT_FILE = "commit_success.txt"
-
-
-def pending_dir(root: epath.Path, step: int) -> epath.Path:
-    """Where Orbax writes `step` before committing it."""
-    return root / str(step) if objectstore.is_remote(root) else root / f"{step}{TMP_SUFFIX}"
+from orbax.checkpoint.path import step as step_paths
 
 
 def is_committed(step_dir: epath.Path) -> bool:
+    """A finished step: renamed from its temporary folder on a disk, its commit file written on gs://."""
     step_dir = epath.Path(step_dir)
-    if not step_dir.name.isdigit():
-        return False
-    if objectstore.is_remote(step_dir):
-        return (step_dir / COMMIT_FILE).exists()
-    return step_dir.is_dir()
+    return step_dir.name.isdigit() and step_dir.is_dir() and step_paths.is_path_finalized(step_dir)
 
 
 def pending_dirs(root: epath.Path) -> list[epath.Path]:
     """Steps Orbax started writing under `root` and never committed."""
-    root = epath.Path(root)
-    if not root.is_dir():
-        return []
-    if objectstore.is_remote(root):
-        return sorted(p for p in root.iterdir() if p.name.isdigit() and not is_committed(p))
-    return sorted(root.glob(f"*{TMP_SUFFIX}*"))
+    return sorted(t.get() for t in step_paths.all_temporary_paths(root))
+
+
+def pending_dir(root: epath.Path, step: int) -> epath.Path | None:
+    """Where Orbax is writing `step` before committing it, if it has started."""
+    found = [t.get() for t in step_paths.all_temporary_paths(root) if t.get_final().name == str(step)]
+    return found[0] if found else None
 
 
 def json_item_file(step_dir: epath.Path, item: str) -> epath.Path:

@@ -25,31 +25,24 @@ from jax.sharding import PartitionSpec as P
 DATA = "data"
 
 
-def detected_cluster() -> str | None:
-    """The cluster JAX's own detection finds (`jax.distributed.initialize()` without arguments:
-    Cloud TPU, SLURM, Open MPI, Kubernetes, ...) when it spans several processes, else None.
+def joins_cluster(coordinator_address: str | None, distributed: bool | None, environ=os.environ) -> bool:
+    """Whether this process joins a multi-host run: the explicit flags, `--distributed` (JAX then finds
+    the cluster itself: Cloud TPU, SLURM, Open MPI), or JAX's own JAX_COORDINATOR_ADDRESS.
 
-    Reads JAX's private registry of cluster environments (jax._src.clusters);
-    tests/test_parallel.py checks it against the installed JAX."""
-    from jax._src import clusters
-
-    for env in clusters.ClusterEnv._cluster_types:
-        try:
-            if not env.opt_in_only_method and env.is_env_present() and env.get_process_count() > 1:
-                return env.__name__
-        except (KeyError, ValueError, OSError):  # a partial environment is no cluster
-            continue
-    return None
+    Nothing is guessed from a launcher's variables: one process on a cluster node trains alone
+    unless told otherwise, and `--nodistributed` keeps it alone even with JAX_COORDINATOR_ADDRESS set."""
+    if coordinator_address is not None:
+        return True
+    if distributed is not None:
+        return distributed
+    return bool(environ.get("JAX_COORDINATOR_ADDRESS"))
 
 
 def initialize(
-    coordinator_address: str | None, num_processes: int | None, process_id: int | None, auto: bool | None
+    coordinator_address: str | None, num_processes: int | None, process_id: int | None, distributed: bool | None
 ) -> None:
-    """Joins the processes of a multi-host run: the explicit flags, else what JAX detects itself
-    (`auto` None: when it finds a cluster of several processes; True: always); a single process does nothing."""
-    if auto is None:  # JAX_COORDINATOR_ADDRESS: JAX's own variable for the explicit case
-        auto = detected_cluster() is not None or "JAX_COORDINATOR_ADDRESS" in os.environ
-    if coordinator_address is None and not auto:
+    """Joins the processes of a multi-host run (`joins_cluster`); a single process does nothing."""
+    if not joins_cluster(coordinator_address, distributed):
         return
     # CPU processes (tests, CPU clusters) exchange collectives over TCP; GPUs and TPUs have their own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
