@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="checkpoints/fast")
     parser.add_argument("--n", type=int, default=1000)
     args = parser.parse_args()
-    app = create_app({"WORKDIR": args.workdir, "CHECKPOINTS_DIR": str(Path(args.workdir).parent)})
+    app = create_app({"WORKDIR": args.workdir, "CHECKPOINTS": str(Path(args.workdir).parent)})
     runs = app.extensions["digitjax"]
     if runs.problem:
         raise SystemExit(runs.problem)

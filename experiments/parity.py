@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="checkpoints/fast")
     parser.add_argument("--n", type=int, default=10000)
     args = parser.parse_args()
-    app = create_app({"WORKDIR": args.workdir, "CHECKPOINTS_DIR": str(Path(args.workdir).parent)})
+    app = create_app({"WORKDIR": args.workdir, "CHECKPOINTS": str(Path(args.workdir).parent)})
     print(json.dumps(measure(app, data.load("mnist", "test"), args.n)))
 
 

@@ -37,7 +37,7 @@ def drawings_db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(served_checkpoints, tfds_dir, mnist_dir, drawings_db):
-    config = {"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
+    config = {"CHECKPOINTS": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
     httpd = serve(create_app(config | {"IDX_DIR": str(mnist_dir.parent), "DRAWINGS_DB": str(drawings_db)}))
     yield f"http://127.0.0.1:{httpd.server_port}/"
     httpd.shutdown()
@@ -61,7 +61,7 @@ def zoo(synthetic_tfds, synthetic_others, tmp_path_factory):
     config.dataset, config.train_size, config.validation_size, config.num_epochs = "fashion_mnist", 0, 0, 1
     trainer.train_and_evaluate(config, root / "fashion", data.Paths(str(synthetic_others), "/nonexistent"))
     # synthetic_others holds mnist too: every run's images are at hand.
-    config = {"CHECKPOINTS_DIR": str(root), "WORKDIR": None, "DATA_DIR": str(synthetic_others)}
+    config = {"CHECKPOINTS": str(root), "WORKDIR": None, "DATA_DIR": str(synthetic_others)}
     app = create_app(config | {"DRAWINGS_DB": str(root / "drawings.sqlite")})
     httpd = serve(app)
     yield app, f"http://127.0.0.1:{httpd.server_port}/"

@@ -94,7 +94,7 @@ def test_concurrent_writers_each_row_once(tmp_path):
 @pytest.fixture(scope="module")
 def app(synthetic_checkpoints, tmp_path_factory):
     """The app with an empty store; each test leaves it empty."""
-    config = {"CHECKPOINTS_DIR": str(synthetic_checkpoints), "WORKDIR": None, "NEIGHBOURS": 0}
+    config = {"CHECKPOINTS": str(synthetic_checkpoints), "WORKDIR": None, "NEIGHBOURS": 0}
     return create_app(config | {"DRAWINGS_DB": str(tmp_path_factory.mktemp("store") / "drawings.sqlite")})
 
 

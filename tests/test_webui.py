@@ -22,7 +22,7 @@ NO_MNIST = {"NEIGHBOURS": 0}  # the fast tier never reaches the real MNIST
 @pytest.fixture(scope="module")
 def app(synthetic_checkpoints, synthetic_tfds, tmp_path_factory):
     # Neighbours, test digits and reports come from the synthetic digits the run was trained on.
-    config = {"CHECKPOINTS_DIR": str(synthetic_checkpoints), "WORKDIR": None, "DATA_DIR": str(synthetic_tfds)}
+    config = {"CHECKPOINTS": str(synthetic_checkpoints), "WORKDIR": None, "DATA_DIR": str(synthetic_tfds)}
     store = tmp_path_factory.mktemp("store") / "drawings.sqlite"
     return create_app(config | {"IDX_DIR": "/nonexistent", "DRAWINGS_DB": str(store)})
 
@@ -34,7 +34,7 @@ def client(app):
 
 @pytest.fixture(scope="module")
 def mnist_app(served_checkpoints, tfds_dir, mnist_dir, tmp_path_factory):
-    config = {"CHECKPOINTS_DIR": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
+    config = {"CHECKPOINTS": str(served_checkpoints), "WORKDIR": None, "DATA_DIR": str(tfds_dir)}
     store = tmp_path_factory.mktemp("store") / "drawings.sqlite"
     return create_app(config | {"IDX_DIR": str(mnist_dir.parent), "DRAWINGS_DB": str(store)})
 
@@ -158,7 +158,7 @@ NOISE = np.random.default_rng(0).integers(0, 256, (280, 280), dtype=np.uint8)
 BAD = [
     ("malformed JSON", dict(data=b"{not json", content_type="application/json"), 400, "Send JSON"),
     ("JSON list", dict(json=[1, 2]), 400, "must be an object"),
-    ("no image", dict(json={"run": "tiny"}), 400, "needs `image`"),
+    ("no image", dict(json={"run": "tiny"}), 400, "needs one of `image`"),
     ("short pixels", dict(json={"pixels": [0] * 783}), 400, "784 numbers"),
     ("text pixels", dict(json={"pixels": ["a"] * 784}), 400, "numbers only"),
     ("NaN pixels", dict(data=b'{"pixels": [' + b"NaN," * 783 + b"NaN]}", content_type="application/json"), 400, "NaN"),
@@ -181,7 +181,7 @@ BAD = [
     ),
     ("multipart without image", dict(data={"other": (io.BytesIO(b"x"), "x.png")}), 400, "no file field named `image`"),
     ("unknown run", dict(json={"pixels": [0] * 784, "run": "../../etc/passwd"}), 404, "Unknown run"),
-    ("run not a string", dict(json={"pixels": [0] * 784, "run": 5}), 404, "Unknown run"),
+    ("run not a string", dict(json={"pixels": [0] * 784, "run": 5}), 400, "must be a run's name"),
     ("50 MB body", dict(data=b"0" * (50 * 1024 * 1024), content_type="application/json"), 413, "larger than"),
 ]
 
@@ -200,7 +200,7 @@ def test_wrong_method_and_unknown_path_are_json(client):
 
 
 def test_no_checkpoint_says_how_to_train(tmp_path):
-    app = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": None} | NO_MNIST)
+    app = create_app({"CHECKPOINTS": str(tmp_path), "WORKDIR": None} | NO_MNIST)
     client = app.test_client()
     health = client.get("/healthz")
     assert health.status_code == 503 and "python -m digitjax.train" in health.json["error"]
@@ -210,9 +210,9 @@ def test_no_checkpoint_says_how_to_train(tmp_path):
 
 
 def test_workdir_picks_the_default_run(synthetic_checkpoints, tmp_path):
-    app = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": str(synthetic_checkpoints / "synthetic")} | NO_MNIST)
+    app = create_app({"CHECKPOINTS": str(tmp_path), "WORKDIR": str(synthetic_checkpoints / "synthetic")} | NO_MNIST)
     assert app.test_client().get("/api/model").json["default"] == "synthetic"
-    broken = create_app({"CHECKPOINTS_DIR": str(tmp_path), "WORKDIR": str(tmp_path / "missing")} | NO_MNIST)
+    broken = create_app({"CHECKPOINTS": str(tmp_path), "WORKDIR": str(tmp_path / "missing")} | NO_MNIST)
     assert broken.test_client().get("/healthz").status_code == 503
 
 
@@ -429,7 +429,7 @@ def test_openapi_describes_every_real_response(app, client, digits):
 
 def test_no_training_data_means_no_neighbours_said_plainly(synthetic_checkpoints, tmp_path, digits):
     app = create_app(
-        {"CHECKPOINTS_DIR": str(synthetic_checkpoints), "WORKDIR": None, "DATA_DIR": str(tmp_path)}
+        {"CHECKPOINTS": str(synthetic_checkpoints), "WORKDIR": None, "DATA_DIR": str(tmp_path)}
         | {"IDX_DIR": str(tmp_path / "none")}
     )
     client = app.test_client()

@@ -53,13 +53,30 @@ def _pixels(values) -> np.ndarray:
     return np.asarray(values, np.float32).reshape(28, 28)
 
 
-def image_from_request(request: Request, max_pixels: int) -> tuple[Image.Image | np.ndarray, dict]:
-    """The image and the options (`run`, `saliency`, `fields`, `normalise`) of a multipart or JSON request."""
-    if request.files:
-        upload = request.files.get("image")
-        if upload is None:
-            raise BadInput("The multipart request has no file field named `image`.")
-        return decode_image(upload.read(), max_pixels), dict(request.form)
+JSON_FIELDS = ("image", "pixels", "run", "saliency", "fields", "normalise")
+FORM_FIELDS = ("run", "saliency", "fields")  # and the file `image`
+
+
+def refuse_unknown(names, known: tuple[str, ...]) -> None:
+    """A misspelt field is an error that names it, never silently ignored."""
+    if unknown := sorted(set(names) - set(known)):
+        raise BadInput(f"Unknown field(s) {unknown}: the accepted ones are {list(known)}.")
+
+
+def _form_options(form) -> dict:
+    """A form's strings as the JSON body's values: `saliency` true/false, `fields` comma-separated."""
+    refuse_unknown(form.keys(), FORM_FIELDS)
+    options = dict(form)
+    if "saliency" in options:
+        if options["saliency"] not in ("true", "false"):
+            raise BadInput("`saliency` must be true or false.")
+        options["saliency"] = options["saliency"] == "true"
+    if "fields" in options:
+        options["fields"] = [f for f in options["fields"].split(",") if f]
+    return options
+
+
+def _json_body(request: Request) -> dict:
     try:
         body = request.get_json(silent=True)
     except RecursionError:  # Python's parser on [[[[...]]]]: not a ValueError, so not silenced
@@ -71,16 +88,36 @@ def image_from_request(request: Request, max_pixels: int) -> tuple[Image.Image |
         )
     if not isinstance(body, dict):
         raise BadInput("The JSON body must be an object.")
-    options = {k: body[k] for k in ("run", "saliency", "fields", "normalise") if k in body}
-    if "pixels" in body:
-        return _pixels(body["pixels"]), options
-    data = body.get("image")
+    refuse_unknown(body, JSON_FIELDS)
+    if ("image" in body) == ("pixels" in body):
+        raise BadInput("The JSON body needs one of `image` (a base64 string or data URL) or `pixels`, not both.")
+    return body
+
+
+def base64_payload(data) -> bytes:
+    """The bytes of a base64 string or a data: URL."""
     if not isinstance(data, str) or not data:
-        raise BadInput("The JSON body needs `image` (a base64 string or data URL) or `pixels`.")
+        raise BadInput("`image` must be a non-empty base64 string or data URL.")
     if data.startswith("data:"):
         data = data.partition(",")[2]
     try:
-        payload = base64.b64decode(data, validate=True)
+        return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise BadInput("`image` is not valid base64.")
-    return decode_image(payload, max_pixels), options
+
+
+def image_from_request(request: Request, max_pixels: int) -> tuple[Image.Image | np.ndarray, dict]:
+    """The image and the options (`run`, `saliency`, `fields`, `normalise`) of a multipart or JSON request."""
+    if request.files or request.form:
+        upload = request.files.get("image")
+        if upload is None:
+            raise BadInput("The multipart request has no file field named `image`.")
+        refuse_unknown(request.files.keys(), ("image",))
+        return decode_image(upload.read(), max_pixels), _form_options(request.form)
+    body = _json_body(request)
+    options = {k: body[k] for k in ("run", "saliency", "fields", "normalise") if k in body}
+    if "run" in options and not isinstance(options["run"], str):
+        raise BadInput("`run` must be a run's name, a string.")
+    if "pixels" in body:
+        return _pixels(body["pixels"]), options
+    return decode_image(base64_payload(body["image"]), max_pixels), options

@@ -1,5 +1,22 @@
 """The API's OpenAPI 3.1 description, served at /api/openapi.json."""
 
+import base64
+import io
+
+from PIL import Image, ImageDraw
+
+
+def _example_drawing() -> str:
+    """A drawn 1 as the page sends it: black ink on white, a PNG data URL."""
+    image = Image.new("L", (140, 140), 255)
+    ImageDraw.Draw(image).line([(75, 20), (65, 120)], fill=0, width=12)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+_EXAMPLE_DRAWING = _example_drawing()
+
 _ERROR = {
     "description": "What was wrong",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -21,6 +38,10 @@ def _object(properties: dict, optional: tuple[str, ...] = ()) -> dict:
 
 
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
+# Base64 as the server decodes it (padding included), bare or as a data: URL. Whether the bytes are an
+# image only decoding can tell: that is a 415, not a 400.
+_BASE64 = r"^(data:[^,]*,)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2}==)$"
+_RUN_FIELD = {"type": "string", "description": "a run name from GET /api/model; default: the default run"}
 _RUN_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _LEVELS = {
     "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}},
@@ -54,6 +75,7 @@ SPEC = {
     "paths": {
         "/api/predict": {
             "post": {
+                "operationId": "predict",
                 "summary": "Predict the digit in an image (drawn, scanned or photographed; either polarity).",
                 "requestBody": {
                     "required": True,
@@ -65,10 +87,15 @@ SPEC = {
                                 "required": ["image"],
                                 "properties": {
                                     "image": {"type": "string", "format": "binary"},
-                                    "run": {"type": "string"},
+                                    "run": _RUN_FIELD,
                                     "saliency": {"type": "string", "enum": ["true", "false"]},
-                                    "fields": {"type": "string", "description": "comma-separated, as in JSON"},
+                                    "fields": {
+                                        "type": "string",
+                                        "pattern": "^((saliency|layers|neighbours)(,|$))*$",
+                                        "description": "comma-separated, as in JSON",
+                                    },
                                 },
+                                "additionalProperties": False,
                             }
                         },
                     },
@@ -86,12 +113,28 @@ SPEC = {
         },
         "/api/model": {
             "get": {
+                "operationId": "listRuns",
                 "summary": "The runs served here and the default one.",
-                "responses": {"200": _json("Runs", "The served runs")},
+                "responses": {
+                    "200": {
+                        **_json("Runs", "The served runs"),
+                        "links": {
+                            "run": {"operationId": "getRun", "parameters": {"name": "$response.body#/runs/0/name"}},
+                            "kernel": {
+                                "operationId": "getKernel",
+                                "parameters": {
+                                    "name": "$response.body#/runs/0/name",
+                                    "layer": "$response.body#/runs/0/layers/0/name",
+                                },
+                            },
+                        },
+                    }
+                },
             }
         },
         "/api/runs/{name}": {
             "get": {
+                "operationId": "getRun",
                 "summary": "A run's learning curves and evaluation report (made in the background when missing).",
                 "parameters": [_RUN_NAME],
                 "responses": {"200": _json("RunReport", "Curves, and the report once made"), "404": _ERROR},
@@ -99,6 +142,7 @@ SPEC = {
         },
         "/api/runs/{name}/layers/{layer}/kernel": {
             "get": {
+                "operationId": "getKernel",
                 "summary": "The convolution kernel that made a layer's feature maps.",
                 "parameters": [
                     _RUN_NAME,
@@ -109,6 +153,7 @@ SPEC = {
         },
         "/api/digits/test/{index}": {
             "get": {
+                "operationId": "getTestDigit",
                 "summary": "One test image of a run's dataset, e.g. a run's mistake to draw beside.",
                 "parameters": [
                     {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}},
@@ -119,13 +164,19 @@ SPEC = {
         },
         "/api/drawings": {
             "post": {
+                "operationId": "addDrawing",
                 "summary": "Keep a drawing a person labelled: the model's answer and the run are stored with it.",
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DrawingRequest"}}},
                 },
                 "responses": {
-                    "201": _json("StoredDrawing", "Stored"),
+                    "201": {
+                        **_json("StoredDrawing", "Stored"),
+                        "links": {
+                            "delete": {"operationId": "deleteDrawing", "parameters": {"id": "$response.body#/id"}}
+                        },
+                    },
                     "400": _ERROR,
                     "404": _ERROR,
                     "413": _ERROR,
@@ -136,6 +187,7 @@ SPEC = {
         },
         "/api/drawings/stats": {
             "get": {
+                "operationId": "drawingStats",
                 "summary": "How many drawings are kept, by label and kind, and how many a run gets right.",
                 "parameters": [{"name": "run", "in": "query", "required": False, "schema": {"type": "string"}}],
                 "responses": {"200": _json("DrawingStats", "The counts"), "404": _ERROR, "503": _ERROR},
@@ -143,6 +195,7 @@ SPEC = {
         },
         "/api/drawings/{id}": {
             "delete": {
+                "operationId": "deleteDrawing",
                 "summary": "Delete one kept drawing.",
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
                 "responses": {"200": _json("Deleted", "Deleted"), "404": _ERROR},
@@ -150,6 +203,7 @@ SPEC = {
         },
         "/healthz": {
             "get": {
+                "operationId": "health",
                 "summary": "Liveness: 200 when a model is served, 503 when none is.",
                 "responses": {"200": _json("Health", "Serving"), "503": _json("Health", "Nothing to serve, and why")},
             }
@@ -159,8 +213,14 @@ SPEC = {
         "schemas": {
             "PredictRequest": {
                 "type": "object",
+                "description": "One of `image` or `pixels`; no other fields than these.",
+                "examples": [{"image": _EXAMPLE_DRAWING, "fields": ["saliency", "layers"]}],
                 "properties": {
-                    "image": {"type": "string", "description": "PNG, JPEG or WebP, base64 or a data: URL"},
+                    "image": {
+                        "type": "string",
+                        "pattern": _BASE64,
+                        "description": "PNG, JPEG or WebP, base64 or a data: URL",
+                    },
                     "pixels": {
                         "type": "array",
                         "items": {"type": "number", "minimum": 0, "maximum": 255},
@@ -168,10 +228,7 @@ SPEC = {
                         "maxItems": 784,
                         "description": "28x28 grey levels, row by row",
                     },
-                    "run": {
-                        "type": "string",
-                        "description": "a run name from GET /api/model; default: the default run",
-                    },
+                    "run": _RUN_FIELD,
                     "fields": {
                         "type": "array",
                         "items": {"type": "string", "enum": ["saliency", "layers", "neighbours"]},
@@ -182,7 +239,21 @@ SPEC = {
                         "default": True,
                         "description": "without `fields`: saliency or not",
                     },
+                    "normalise": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "false: `pixels` are MNIST-like already (centred 20x20 in 28x28)",
+                    },
                 },
+                "additionalProperties": False,
+                "oneOf": [
+                    {
+                        "required": ["image"],
+                        "not": {"required": ["pixels"]},
+                        "properties": {"normalise": {"const": True}},
+                    },
+                    {"required": ["pixels"], "not": {"required": ["image"]}},
+                ],
             },
             "Prediction": _object(
                 {
@@ -315,19 +386,20 @@ SPEC = {
                     },
                 }
             ),
-            "DrawingRequest": {
-                "type": "object",
-                "required": ["image", "label"],
-                "properties": {
+            "DrawingRequest": _object(
+                {
                     "image": {
                         "type": "string",
+                        "pattern": _BASE64,
                         "description": "the drawing as a PNG (base64 or data: URL), 28-1024 px a side",
                     },
                     "label": {"type": "integer", "minimum": 0, "maximum": 9, "description": "the digit it is"},
                     "kind": {"type": "string", "enum": ["mouse", "touch", "pen", "upload"], "default": "mouse"},
-                    "run": {"type": "string", "description": "the run that answers; default: the default run"},
+                    "run": _RUN_FIELD,
                 },
-            },
+                optional=("kind", "run"),
+            )
+            | {"examples": [{"image": _EXAMPLE_DRAWING, "label": 1, "kind": "mouse"}]},
             "StoredDrawing": _object(
                 {
                     "id": {"type": "integer"},

@@ -8,8 +8,6 @@ Nothing is stored unless a person presses a button, and nothing about the person
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import sqlite3
 
@@ -18,7 +16,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from PIL import Image
 
 from digitjax.canvas import drawings, preprocess
-from webui.inputs import BadInput, decode_image
+from webui.inputs import BadInput, base64_payload, decode_image, refuse_unknown
 
 bp = Blueprint("store", __name__)
 
@@ -28,9 +26,7 @@ BATCH = 256  # drawings scored at once by the stats
 
 def init_app(app: Flask) -> None:
     if not app.config.get("DRAWINGS_DB"):
-        default = os.path.join(app.instance_path, "drawings.sqlite")
-        app.config["DRAWINGS_DB"] = os.environ.get("DIGITJAX_DRAWINGS_DB", default)
-    app.config.setdefault("MAX_DRAWING_BYTES", 256 * 1024)  # of one drawing's PNG
+        app.config["DRAWINGS_DB"] = os.path.join(app.instance_path, "drawings.sqlite")
     app.teardown_appcontext(close)
     app.register_blueprint(bp)
 
@@ -49,12 +45,7 @@ def close(_error=None) -> None:
 
 
 def _png(data) -> tuple[bytes, Image.Image]:
-    if not isinstance(data, str) or not data:
-        raise BadInput("`image` must be the drawing as a PNG, base64 or a data: URL.")
-    try:
-        payload = base64.b64decode(data.partition(",")[2] if data.startswith("data:") else data, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInput("`image` is not valid base64.")
+    payload = base64_payload(data)
     limit = current_app.config["MAX_DRAWING_BYTES"]
     if len(payload) > limit:
         raise BadInput(f"The drawing's PNG is {len(payload):,} bytes; at most {limit:,} are kept.", 413)
@@ -69,9 +60,15 @@ def _png(data) -> tuple[bytes, Image.Image]:
 
 
 def _label(value) -> int:
+    """A digit; JSON's 4.0 is the integer 4 (as JSON Schema says), 4.5 is not."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
         raise BadInput(f"`label` must be a digit from 0 to 9; got {value!r}.")
     return value
+
+
+DRAWING_FIELDS = ("image", "label", "kind", "run")
 
 
 @bp.post("/api/drawings")
@@ -79,11 +76,14 @@ def add():
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadInput(f'Send JSON: {{"image": PNG data URL, "label": 0-9, "kind": one of {list(drawings.KINDS)}}}.')
+    refuse_unknown(body, DRAWING_FIELDS)
     label = _label(body.get("label"))
     kind = body.get("kind", "mouse")
     if kind not in drawings.KINDS:
         raise BadInput(f"`kind` must be one of {list(drawings.KINDS)}; got {kind!r}.")
     payload, image = _png(body.get("image"))
+    if not isinstance(body.get("run", ""), str):
+        raise BadInput("`run` must be a run's name, a string.")
     run = current_app.extensions["digitjax"].named(body.get("run"))
     prepared = preprocess.to_mnist(image)
     if prepared.empty:

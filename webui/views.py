@@ -8,7 +8,7 @@ import io
 import numpy as np
 from flask import Blueprint, current_app, jsonify, render_template, request
 from PIL import Image
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from digitjax.canvas import preprocess
 from webui import openapi, reports, serving
@@ -52,7 +52,10 @@ def _error(message: str, status: int):
 @bp.app_errorhandler(HTTPException)
 def http_error(e: HTTPException):
     messages = {413: f"The request is larger than {current_app.config['MAX_CONTENT_LENGTH']:,} bytes."}
-    return _error(messages.get(e.code, e.description), e.code)
+    response = _error(messages.get(e.code, e.description), e.code)
+    if isinstance(e, MethodNotAllowed) and e.valid_methods:  # HTTP requires it with every 405
+        response[0].headers["Allow"] = ", ".join(sorted(e.valid_methods))
+    return response
 
 
 @bp.app_errorhandler(BadInput)
@@ -97,13 +100,12 @@ def openapi_spec():
 
 
 def _fields(options: dict) -> tuple[str, ...]:
-    """The optional parts asked for: `fields` (a list, or comma-separated in a form), else the
-    older `saliency` flag alone (default on)."""
+    """The optional parts asked for: `fields`, else the older `saliency` flag alone (default on)."""
+    if not isinstance(options.get("saliency", True), bool):  # 0 == False, yet not a JSON boolean
+        raise BadInput("`saliency` must be true or false.")
     if "fields" not in options:
-        return ("saliency",) if options.get("saliency", True) not in (False, "false", "0") else ()
+        return ("saliency",) if options.get("saliency", True) else ()
     fields = options["fields"]
-    if isinstance(fields, str):
-        fields = [f for f in fields.split(",") if f]
     if not isinstance(fields, list) or not all(isinstance(f, str) and f in serving.FIELDS for f in fields):
         raise BadInput(f"`fields` must be a list of any of {list(serving.FIELDS)}; got {fields!r}.")
     return tuple(dict.fromkeys(fields))
@@ -150,7 +152,7 @@ def predict():
     if "neighbours" in fields and run.neighbours_problem:
         raise BadInput(f"Run {run.name} cannot show its nearest training digits: {run.neighbours_problem}.", 409)
     normalise = options.get("normalise", True)
-    if normalise not in (True, False) or (normalise is False and not isinstance(image, np.ndarray)):
+    if not isinstance(normalise, bool) or (normalise is False and not isinstance(image, np.ndarray)):
         raise BadInput("`normalise` must be true or false, and false only with `pixels` (already MNIST-like).")
     try:
         prepared = preprocess.to_mnist(image) if normalise else preprocess.as_is(image)
