@@ -296,6 +296,9 @@ _ACCURACY = flags.DEFINE_bool(
 
 
 def main(argv: list[str]) -> None:
+    if {"-h", "--help", "--helpfull"} & set(argv[1:]):  # its own flag set has no absl help flags
+        print(f"{__doc__}\n{FLAGS.get_help()}")
+        return
     try:
         FLAGS(argv)
         config = _CONFIG.value
