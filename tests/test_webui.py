@@ -451,3 +451,18 @@ def test_nearest_training_digits_mostly_share_the_answer(mnist_app, test_split):
     runs = mnist_app.extensions["digitjax"]
     figures = neighbour_agreement.measure(runs.runs["tiny"], test_split, 300)
     assert figures["k"] == 8 and figures["majority_is_answer"] > 0.9, figures
+
+
+def test_settings_come_from_the_instance_folder_then_the_environment(tmp_path, monkeypatch):
+    """Defaults, then instance/config.py, then DIGITJAX_<KEY> (parsed as JSON), then create_app's own."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "config.py").write_text("UNSURE_BELOW = 0.5\nMISTAKES_SHOWN = 3\n")
+    monkeypatch.setenv("DIGITJAX_MISTAKES_SHOWN", "7")
+    monkeypatch.setenv("DIGITJAX_CHECKPOINTS", str(tmp_path / "runs"))
+    monkeypatch.setenv("DIGITJAX_NEIGHBOURS", "5")
+    app = create_app({"WORKDIR": None} | NO_MNIST, instance_path=str(instance))
+    c = app.config
+    assert c["UNSURE_BELOW"] == 0.5 and c["MISTAKES_SHOWN"] == 7 and c["CHECKPOINTS"] == str(tmp_path / "runs")
+    assert c["NEIGHBOURS"] == 0 and c["DRAWINGS_DB"] == str(instance / "drawings.sqlite")
+    assert c["MAX_CONTENT_LENGTH"] == 8 * 1024 * 1024  # untouched defaults stay
