@@ -3,10 +3,14 @@
     python -m experiments.load_drawings --workdir checkpoints/fast            # 32 clients, 2,000 drawings
     python -m experiments.load_drawings --workdir checkpoints/fast --smoke    # 8 clients, 200; for CI
 
-Serves the run with `gunicorn -w 2 --threads 4` and a new store, then:
+Serves the run with `gunicorn -w 2 --threads 4` and a new store (its per-client rate limit lifted:
+every client here is one loopback address), then:
 1. 32 clients POST 2,000 distinct canvas drawings (MNIST test digits, pasted at random sizes and
    places), each with a random label. Every acknowledged drawing (201) must be in the store
    exactly once, with its own label, its own PNG byte for byte, and the input its PNG makes.
+   Once half are acknowledged, `python -m digitjax.canvas.drawings backup` copies the store while
+   the load goes on: the copy must pass `PRAGMA integrity_check` and hold every drawing
+   acknowledged before the backup started, the same way.
 2. 32 clients POST again; once half are acknowledged, the server (master and workers) is
    SIGKILLed mid-load. Every
    drawing acknowledged before the kill must be in the store, which must pass SQLite's
@@ -25,6 +29,8 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -103,6 +109,24 @@ def check(store: Path, pngs: list[bytes], labels: np.ndarray, acknowledged: dict
     }
 
 
+def backup_halfway(store: Path, acknowledged: dict, half: int, result: dict) -> threading.Thread:
+    """Once `half` drawings are acknowledged: the store's backup, by the operator's command, mid-load."""
+
+    def run():
+        while len(acknowledged) < half:
+            time.sleep(0.001)
+        result["before"] = dict(acknowledged)
+        out = store.with_name("backup.sqlite")
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "digitjax.canvas.drawings", "backup", "--store", str(store), "--out", str(out)]
+        result["proc"] = subprocess.run(command, capture_output=True, text=True)
+        result["seconds"], result["during"], result["out"] = time.perf_counter() - start, len(acknowledged), out
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
     from absl import logging
 
@@ -124,11 +148,16 @@ def main() -> None:
     labels1, labels2 = rng.integers(0, 10, args.drawings), rng.integers(0, 10, args.drawings)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "drawings.sqlite"
-        with gunicorn(args.workdir, workers=2, threads=4, DIGITJAX_DRAWINGS_DB=str(store)) as (port, server):
-            start = time.perf_counter()
-            acknowledged = load(port, first, labels1, args.clients, {})
+        unlimited = {"DIGITJAX_DRAWINGS_DB": str(store), "DIGITJAX_DRAWINGS_RATE_LIMIT": "null"}
+        with gunicorn(args.workdir, workers=2, threads=4, **unlimited) as (port, server):
+            start, acknowledged, copy = time.perf_counter(), {}, {}
+            backing_up = backup_halfway(store, acknowledged, args.drawings // 2, copy)
+            load(port, first, labels1, args.clients, acknowledged)
             seconds = time.perf_counter() - start
+            backing_up.join()
             under_load = check(store, first, labels1, acknowledged)
+            backed_up = check(copy["out"], first, labels1, copy["before"]) if copy["proc"].returncode == 0 else {}
+            backed_up |= {"seconds": copy["seconds"], "acknowledged_when_done": copy["during"]}
             stop, before_kill = threading.Event(), {}
 
             def kill():  # once half the second load is acknowledged: master and workers, mid-request
@@ -144,17 +173,21 @@ def main() -> None:
         "workdir": args.workdir,
         "clients": args.clients,
         "load": under_load | {"seconds": seconds, "per_s": len(acknowledged) / seconds},
+        "backup": backed_up,
         "kill": after_kill,
     }
     print(
         f"{args.clients} clients, {args.drawings} drawings in {seconds:.1f} s: "
         f"{under_load['acknowledged']} acknowledged, {under_load['stored']} stored, "
-        f"{under_load['wrong']} mixed up, {under_load['missing']} missing; SIGKILL halfway through a second "
+        f"{under_load['wrong']} mixed up, {under_load['missing']} missing; a backup halfway through: "
+        f"{backed_up.get('stored')} drawings, {backed_up.get('missing')} of the {backed_up.get('acknowledged')} "
+        f"acknowledged before it missing, integrity {backed_up.get('integrity')}; SIGKILL halfway through a second "
         f"load: {after_kill['acknowledged']} acknowledged before it, {after_kill['missing']} missing, "
         f"{after_kill['wrong']} mixed up, integrity {after_kill['integrity']}"
     )
     print(json.dumps(report))
     ok = under_load["acknowledged"] == under_load["stored"] == args.drawings and not under_load["wrong"]
+    ok = ok and backed_up.get("integrity") == "ok" and backed_up["missing"] == 0 and not backed_up["wrong"]
     ok = ok and not after_kill["missing"] and not after_kill["wrong"] and after_kill["integrity"] == "ok"
     raise SystemExit(0 if ok else 1)
 

@@ -40,7 +40,8 @@ def schemathesis(base_url: str, out: Path, *args: str) -> tuple[int, str, dict]:
     cmd = [st, "--config-file", str(config), "run", f"{base_url}/api/openapi.json", "--checks", "all", "--no-color"]
     cmd += ["--workers", "1"]
     cmd += ["--generation-database", "none", "--report", "json", "--report-json-path", str(report), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    # In `out`: Schemathesis keeps what it found under .schemathesis/ in its working folder.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=out)
     return proc.returncode, proc.stdout + proc.stderr, json.loads(report.read_text()) if report.exists() else {}
 
 

@@ -37,5 +37,7 @@ def test_load_drawings_smoke_nothing_acknowledged_is_lost_or_mixed_up(served_che
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.splitlines()[-1])
     assert report["load"]["acknowledged"] == report["load"]["stored"] == 200 and report["load"]["wrong"] == 0
+    backup = report["backup"]  # taken halfway through the load, while it went on
+    assert backup["integrity"] == "ok" and backup["acknowledged"] >= 100 and backup["missing"] == backup["wrong"] == 0
     kill = report["kill"]
     assert kill["acknowledged"] >= 100 and kill["missing"] == kill["wrong"] == 0 and kill["integrity"] == "ok"

@@ -481,6 +481,42 @@ def test_wrong_it_is_7_keeps_the_drawing_with_its_label(server, browser, drawing
     browser.save_screenshot(str(ARTIFACTS / "teach-wrong-it-is-7.png"))
 
 
+def test_undo_on_the_page_removes_the_kept_drawing_and_nothing_jumps(server, browser, drawings_db):
+    """Draw, press "Right", then the page's own "Undo": the drawing is gone from the store (deleted
+    with the token only this page holds), the count goes back down, and the line below the buttons
+    stays where it was throughout."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from digitjax.canvas import drawings
+
+    def top(element_id: str) -> float:
+        return browser.execute_script(f"return document.getElementById('{element_id}').getBoundingClientRect().top")
+
+    browser.get(server)
+    stats = browser.find_element("id", "store-stats")
+    WebDriverWait(browser, 10).until(lambda d: stats.text)
+    before = int(stats.get_attribute("data-count") or 0)
+    draw(browser, DIGITS[0], "mouse")
+    answer(browser)
+    undo = browser.find_element("id", "unkeep")
+    assert not undo.is_displayed(), "nothing kept yet, nothing to undo"
+    line = top("store-stats")
+    browser.find_element("id", "right").click()
+    WebDriverWait(browser, 10).until(lambda d: stats.get_attribute("data-count") == str(before + 1))
+    kept = int(browser.find_element("id", "teach").get_attribute("data-kept"))
+    conn = drawings.connect(drawings_db)
+    assert conn.execute("SELECT count(*) FROM drawings WHERE id = ?", (kept,)).fetchone()[0] == 1
+    assert undo.is_displayed() and top("store-stats") == line
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "teach-kept-with-undo.png"))
+    undo.click()
+    WebDriverWait(browser, 10).until(lambda d: "is not kept" in d.find_element("id", "teach-note").text)
+    WebDriverWait(browser, 10).until(lambda d: stats.get_attribute("data-count") == str(before))
+    assert conn.execute("SELECT count(*) FROM drawings WHERE id = ?", (kept,)).fetchone()[0] == 0
+    assert not undo.is_displayed() and top("store-stats") == line
+    browser.save_screenshot(str(ARTIFACTS / "teach-undone.png"))
+
+
 def test_a_run_of_another_dataset_answers_in_its_class_names(zoo, browser):
     """A Fashion-MNIST run: the header names the dataset and its classes, the bars and the answer
     are its class names, and the page offers no digits to teach."""

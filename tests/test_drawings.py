@@ -1,10 +1,15 @@
 """The labelled drawings: the SQLite store (schema versions, concurrent writers, export as MNIST
-files) and its API in the app (what is stored, and every bad input a 4xx that stores nothing)."""
+files, backups) and its API in the app (what is stored, every bad input a 4xx that stores nothing,
+who may delete, and the limits on what one client stores)."""
 
 import base64
 import gzip
 import io
+import json
+import secrets
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -13,7 +18,9 @@ from PIL import Image
 
 from digitjax.canvas import drawings
 from digitjax.errors import UserError
-from webui import create_app
+from webui import create_app, limits
+
+OPERATOR = secrets.token_urlsafe(32)
 
 
 def drawing(label: int, seed: int = 0, kind: str = "mouse") -> drawings.Drawing:
@@ -65,7 +72,19 @@ def test_schema_versions(tmp_path):
     with pytest.raises(UserError, match="newer digitjax"):
         drawings.connect(tmp_path / "newer.sqlite")
     columns = [r[1] for r in drawings.connect(tmp_path / "old.sqlite").execute("PRAGMA table_info(drawings)")]
-    assert columns == ["id", "created", "label", "input", "png", "answer", "confidence", "run", "step", "kind"]
+    assert columns == [
+        "id",
+        "created",
+        "label",
+        "input",
+        "png",
+        "answer",
+        "confidence",
+        "run",
+        "step",
+        "kind",
+        "token_sha256",
+    ]
 
 
 def test_concurrent_writers_each_row_once(tmp_path):
@@ -92,10 +111,17 @@ def test_concurrent_writers_each_row_once(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def app(synthetic_checkpoints, tmp_path_factory):
+def module_app(synthetic_checkpoints, tmp_path_factory):
     """The app with an empty store; each test leaves it empty."""
-    config = {"CHECKPOINTS": str(synthetic_checkpoints), "WORKDIR": None, "NEIGHBOURS": 0}
+    config = {"CHECKPOINTS": str(synthetic_checkpoints), "WORKDIR": None, "NEIGHBOURS": 0, "OPERATOR_TOKEN": OPERATOR}
     return create_app(config | {"DRAWINGS_DB": str(tmp_path_factory.mktemp("store") / "drawings.sqlite")})
+
+
+@pytest.fixture
+def app(module_app):
+    """The module's app, with no request counted against any client yet (the limiter is the process's)."""
+    limits.limiter.reset()
+    return module_app
 
 
 def png_data_url(array: np.ndarray, fmt: str = "PNG") -> str:
@@ -125,9 +151,10 @@ def test_a_labelled_drawing_is_stored_with_what_the_model_answered(app, digits):
     assert row[2] == base64.b64decode(sent.partition(",")[2])  # the PNG as drawn
     stats = client.get("/api/drawings/stats").json
     assert stats["count"] == 1 and stats["by_label"]["7"] == 1 and stats["accuracy"] == float(answer["label"] == 7)
-    assert client.delete(f"/api/drawings/{stored['id']}").json == {"deleted": stored["id"]}
-    assert client.delete(f"/api/drawings/{stored['id']}").status_code == 404
-    assert client.delete(f"/api/drawings/{2**70}").status_code == 404
+    token = {"Authorization": f"Bearer {stored['delete_token']}"}
+    assert client.delete(f"/api/drawings/{stored['id']}", headers=token).json == {"deleted": stored["id"]}
+    assert client.delete(f"/api/drawings/{stored['id']}", headers=token).status_code == 404
+    assert client.delete(f"/api/drawings/{2**70}", headers=token).status_code == 404
     assert client.get("/api/drawings/stats").json["count"] == 0
 
 
@@ -190,3 +217,141 @@ def test_fine_tuning_starts_from_the_run_and_evaluates_the_drawings(
     drawn = [r for r in metrics.read(tmp_path / "tuned") if r["split"] == "drawings"]
     report = evaluate.drawings_report(tuned, str(store))
     assert report["count"] == 12 and drawn and drawn[-1]["accuracy"] == report["accuracy"]
+
+
+def _rows(path) -> list[tuple]:
+    return drawings.connect(path).execute("SELECT * FROM drawings ORDER BY id").fetchall()
+
+
+def _keep(app, digits, n: int, client_address: str, seed: int) -> list[dict]:
+    client = app.test_client()
+    images, _ = digits(n, seed=seed)
+    kept = []
+    for i, image in enumerate(images):
+        body = {"image": png_data_url(canvas(image)), "label": (seed + i) % 10}
+        r = client.post("/api/drawings", json=body, environ_base={"REMOTE_ADDR": client_address})
+        assert r.status_code == 201, r.json
+        kept.append(r.json)
+    return kept
+
+
+def test_only_a_drawings_own_token_or_the_operators_deletes_it(app, digits):
+    """Three clients keep drawings; then DELETE on every id from 1 to past the last, with no token,
+    a wrong one and another drawing's: every answer a 4xx that reads the same whether the id exists
+    or not, and the store unchanged, row for row. Each token then deletes its own drawing, and the
+    operator's token the last."""
+    kept = [d for i in range(3) for d in _keep(app, digits, 3, f"10.0.0.{i + 1}", seed=10 * i)]
+    tokens = {d["id"]: d["delete_token"] for d in kept}
+    assert len(set(tokens.values())) == len(kept) and all(len(t) >= 43 for t in tokens.values())  # >= 256 bits
+    before = _rows(app.config["DRAWINGS_DB"])
+    assert all(len(row[-1]) == 32 and row[-1] not in [t.encode() for t in tokens.values()] for row in before)
+    client, ids = app.test_client(), sorted(tokens)
+    for drawing_id in range(1, ids[-1] + 5):
+        other = tokens[ids[(ids.index(drawing_id) + 1) % len(ids)]] if drawing_id in tokens else tokens[ids[0]]
+        for headers, status in [
+            ({}, 401),
+            ({"Authorization": "Basic " + tokens.get(drawing_id, "x")}, 401),
+            ({"Authorization": f"Bearer {secrets.token_urlsafe(32)}"}, 404),
+            ({"Authorization": f"Bearer {other}"}, 404),
+            ({"Authorization": f"Bearer {OPERATOR[:-1]}"}, 404),
+        ]:
+            r = client.delete(f"/api/drawings/{drawing_id}", headers=headers)
+            assert r.status_code == status, (drawing_id, headers, r.json)
+            assert (r.headers.get("WWW-Authenticate") == 'Bearer realm="drawings"') == (status == 401)
+            assert r.json["error"].replace(str(drawing_id), "ID") in (
+                "Deleting a drawing needs its delete token: `Authorization: Bearer <token>`.",
+                "No drawing ID that this token may delete.",
+            )
+    assert _rows(app.config["DRAWINGS_DB"]) == before
+    for drawing_id in ids[:-1]:
+        r = client.delete(f"/api/drawings/{drawing_id}", headers={"Authorization": f"Bearer {tokens[drawing_id]}"})
+        assert r.status_code == 200 and r.json == {"deleted": drawing_id}
+    r = client.delete(f"/api/drawings/{ids[-1]}", headers={"Authorization": f"Bearer {OPERATOR}"})
+    assert r.status_code == 200 and _rows(app.config["DRAWINGS_DB"]) == []
+
+
+def test_a_flood_from_one_client_is_refused_and_the_quota_holds(app, digits):
+    """One client sends 40 drawings as fast as it can: the first 12 are kept, then the store is full
+    (507, quota 12 rows), then the rate limit (20 a minute) answers 429 with Retry-After. Every
+    acknowledged drawing is in the store exactly once, with its own label and PNG."""
+    app.config.update(DRAWINGS_RATE_LIMIT="20 per minute", DRAWINGS_MAX_ROWS=12)
+    try:
+        client, images = app.test_client(), digits(40, seed=3)[0]
+        sent, answers = [png_data_url(canvas(image)) for image in images], []
+        for i, image in enumerate(sent):
+            answers.append(client.post("/api/drawings", json={"image": image, "label": i % 10}))
+        statuses = [r.status_code for r in answers]
+        assert statuses == [201] * 12 + [507] * 8 + [429] * 20, statuses
+        assert all(int(r.headers["Retry-After"]) > 0 for r in answers if r.status_code == 429)
+        assert "store is full" in answers[12].json["error"] and "limit" in answers[-1].json["error"]
+        rows = {row[0]: row for row in _rows(app.config["DRAWINGS_DB"])}
+        acknowledged = {r.json["id"]: i for i, r in enumerate(answers) if r.status_code == 201}
+        assert sorted(rows) == sorted(acknowledged) and len(rows) <= 12
+        for drawing_id, i in acknowledged.items():
+            assert rows[drawing_id][2] == i % 10 and rows[drawing_id][4] == base64.b64decode(sent[i].partition(",")[2])
+        print(json.dumps({"201": statuses.count(201), "507": statuses.count(507), "429": statuses.count(429)}))
+    finally:
+        app.config.update(DRAWINGS_RATE_LIMIT="30 per minute; 500 per day", DRAWINGS_MAX_ROWS=100_000)
+        drawings.connect(app.config["DRAWINGS_DB"]).execute("DELETE FROM drawings")
+
+
+def test_predict_is_unlimited_unless_configured(app):
+    client, pixels = app.test_client(), {"pixels": [0] * 784, "fields": []}
+    assert {client.post("/api/predict", json=pixels).status_code for _ in range(40)} == {200}
+    app.config["PREDICT_RATE_LIMIT"] = "5 per minute"
+    try:
+        statuses = [client.post("/api/predict", json=pixels).status_code for _ in range(8)]
+        assert statuses == [200] * 5 + [429] * 3
+    finally:
+        app.config["PREDICT_RATE_LIMIT"] = None
+
+
+def test_store_quota_counts_rows_and_bytes_and_keeps_what_it_holds(tmp_path):
+    conn = drawings.connect(tmp_path / "s.sqlite")
+    quota = drawings.Quota(rows=3, png_bytes=20)
+    for seed in range(2):
+        drawings.add(conn, drawing(1, seed), quota=quota)  # "png 0", "png 1": 5 bytes each
+    with pytest.raises(drawings.StoreFull):
+        drawings.add(
+            conn, drawings.Drawing(2, np.zeros((28, 28), np.uint8), b"x" * 11, 2, 1.0, "r", 1, "pen"), quota=quota
+        )
+    drawings.add(conn, drawing(3, 2), quota=quota)
+    with pytest.raises(drawings.StoreFull):
+        drawings.add(conn, drawing(4, 3), quota=quota)
+    assert drawings.totals(conn) == (3, 15) and [r[2] for r in _rows(tmp_path / "s.sqlite")] == [1, 1, 3]
+    drawings.delete(conn, 1)
+    assert drawings.totals(conn) == (2, 10)
+
+
+def test_a_version_1_store_is_upgraded_with_its_totals(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(drawings.MIGRATIONS[1] + "PRAGMA user_version = 1;")
+    old.execute(
+        "INSERT INTO drawings (created, label, input, png, kind) VALUES (0, 5, ?, ?, 'pen')", (b"\0" * 784, b"abc")
+    )
+    old.commit()
+    old.close()
+    conn = drawings.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == drawings.SCHEMA_VERSION
+    assert drawings.totals(conn) == (1, 3)
+    assert not drawings.delete_with_token(conn, 1, "anything"), "a drawing kept before tokens: only the operator"
+    assert drawings.delete(conn, 1) and drawings.totals(conn) == (0, 0)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "digitjax.canvas.drawings", *args], capture_output=True, text=True)
+
+
+def test_backup_is_a_checked_copy_and_never_overwrites(tmp_path):
+    store = tmp_path / "s.sqlite"
+    conn = drawings.connect(store)
+    for seed in range(5):
+        drawings.add(conn, drawing(seed, seed))
+    proc = _cli("backup", "--store", str(store), "--out", str(tmp_path / "b.sqlite"))
+    assert json.loads(proc.stdout) == {"out": str(tmp_path / "b.sqlite"), "drawings": 5, "integrity_check": "ok"}
+    assert _rows(tmp_path / "b.sqlite") == _rows(store)
+    drawings.add(conn, drawing(9, 9))
+    again = _cli("backup", "--store", str(store), "--out", str(tmp_path / "b.sqlite"))
+    assert again.returncode != 0 and "exists" in again.stderr and len(_rows(tmp_path / "b.sqlite")) == 5
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []

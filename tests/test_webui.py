@@ -246,15 +246,19 @@ def test_fuzz_no_5xx_json_4xx_and_no_file_read_outside_the_app(app, client, synt
     import os
     import sys
     import tempfile
+    import threading
     from pathlib import Path
 
     from experiments import fuzz_api
 
-    opened, watching = [], [False]
+    opened, watching, requests_thread = [], [False], threading.get_ident()
 
     def audit(event, args):
-        if watching[0] and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-            opened.append(os.path.realpath(os.fsdecode(args[0])))
+        # The test client serves in this thread; the app's own background work (the training set's
+        # embedding, a report) opens the compilation cache and the dataset in threads of its own.
+        if watching[0] and event == "open" and threading.get_ident() == requests_thread:
+            if isinstance(args[0], (str, bytes, os.PathLike)):
+                opened.append(os.path.realpath(os.fsdecode(args[0])))
 
     sys.addaudithook(audit)  # cannot be removed; it records only while `watching`
 

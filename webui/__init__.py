@@ -17,7 +17,7 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
     (`instance/` beside the package in a checkout), `DIGITJAX_<KEY>` environment variables (values
     parsed as JSON where they are), then `config`. docs/canvas.md lists them."""
     from digitjax import data
-    from webui import reports, serving, store, views
+    from webui import limits, reports, serving, store, views
 
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
     app.config.from_mapping(
@@ -35,6 +35,11 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
         MISTAKES_SHOWN=96,  # test mistakes on a run page, the most confident first
         DRAWINGS_DB=None,  # the labelled drawings' SQLite file; None: drawings.sqlite in the instance folder
         MAX_DRAWING_BYTES=256 * 1024,  # of one drawing's PNG
+        DRAWINGS_MAX_ROWS=100_000,  # the store's quota: drawings kept; more is a 507
+        DRAWINGS_MAX_BYTES=1024**3,  # the store's quota: bytes of their PNGs; more is a 507
+        DRAWINGS_RATE_LIMIT="30 per minute; 500 per day",  # drawings one client may store (webui/limits.py)
+        PREDICT_RATE_LIMIT=None,  # answers one client may ask for; None: unlimited (it stores nothing)
+        OPERATOR_TOKEN=None,  # a secret that deletes any drawing through the API; None: only their own tokens do
     )
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("DIGITJAX")
@@ -48,6 +53,7 @@ def create_app(config: dict | None = None, instance_path: str | None = None) -> 
     app.extensions["digitjax.reports"] = reports.Reports(paths)
     if app.extensions["digitjax"].problem:
         app.logger.error(app.extensions["digitjax"].problem)
+    limits.init_app(app)
     app.register_blueprint(views.bp)
     store.init_app(app)
     return app

@@ -21,6 +21,11 @@ _ERROR = {
     "description": "What was wrong",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
+_LIMITED = {
+    "description": "Too many requests from this address; `Retry-After` says when to try again",
+    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}, "description": "seconds"}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 _GRID = {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 28, "maxItems": 28}}
 
 
@@ -107,6 +112,7 @@ SPEC = {
                     "409": _ERROR,
                     "413": _ERROR,
                     "415": _ERROR,
+                    "429": _LIMITED,
                     "503": _ERROR,
                 },
             }
@@ -181,7 +187,9 @@ SPEC = {
                     "404": _ERROR,
                     "413": _ERROR,
                     "415": _ERROR,
+                    "429": _LIMITED,
                     "503": _ERROR,
+                    "507": {**_ERROR, "description": "The store holds its quota of drawings; nothing was added"},
                 },
             }
         },
@@ -196,9 +204,18 @@ SPEC = {
         "/api/drawings/{id}": {
             "delete": {
                 "operationId": "deleteDrawing",
-                "summary": "Delete one kept drawing.",
+                "summary": "Delete a kept drawing: with its delete token (from POST /api/drawings) or the operator's.",
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                "responses": {"200": _json("Deleted", "Deleted"), "404": _ERROR},
+                "security": [{"deleteToken": []}],
+                "responses": {
+                    "200": _json("Deleted", "Deleted"),
+                    "401": {
+                        **_ERROR,
+                        "description": "No bearer token was given",
+                        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                    },
+                    "404": {**_ERROR, "description": "No drawing of this id that this token may delete"},
+                },
             }
         },
         "/healthz": {
@@ -210,6 +227,13 @@ SPEC = {
         },
     },
     "components": {
+        "securitySchemes": {
+            "deleteToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A drawing's `delete_token`, or the app's OPERATOR_TOKEN",
+            }
+        },
         "schemas": {
             "PredictRequest": {
                 "type": "object",
@@ -414,6 +438,10 @@ SPEC = {
                         "enum": ["train", "test"],
                         "description": "its split in an export, for good",
                     },
+                    "delete_token": {
+                        "type": "string",
+                        "description": "the secret that deletes this drawing (DELETE /api/drawings/{id}); shown once",
+                    },
                 }
             ),
             "DrawingStats": _object(
@@ -438,6 +466,6 @@ SPEC = {
                 optional=("run", "runs", "error"),
             ),
             "Error": _object({"error": {"type": "string"}, "status": {"type": "integer"}}),
-        }
+        },
     },
 }

@@ -1,14 +1,18 @@
 """The labelled drawings in the app: the store's connection per request, and its JSON API.
 
-POST /api/drawings stores a drawing a person labelled ("Right" or "Wrong: it is 7" on the page);
-GET /api/drawings/stats counts them and scores a served run on them; DELETE /api/drawings/<id>
-removes one. The store is `digitjax.canvas.drawings` (SQLite, WAL), at the config's DRAWINGS_DB.
-Nothing is stored unless a person presses a button, and nothing about the person is kept.
+POST /api/drawings stores a drawing a person labelled ("Right" or "Wrong: it is 7" on the page) and
+answers with its delete token; GET /api/drawings/stats counts them and scores a served run on them;
+DELETE /api/drawings/<id> removes one, for the holder of its token or of the OPERATOR_TOKEN. The
+store is `digitjax.canvas.drawings` (SQLite, WAL), at the config's DRAWINGS_DB, bounded by the
+DRAWINGS_MAX_* quota and the DRAWINGS_RATE_LIMIT per client. Nothing is stored unless a person
+presses a button, and nothing about the person is kept.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
+import secrets
 import sqlite3
 
 import numpy as np
@@ -16,6 +20,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 from PIL import Image
 
 from digitjax.canvas import drawings, preprocess
+from webui import limits
 from webui.inputs import BadInput, base64_payload, decode_image, refuse_unknown
 
 bp = Blueprint("store", __name__)
@@ -72,6 +77,7 @@ DRAWING_FIELDS = ("image", "label", "kind", "run")
 
 
 @bp.post("/api/drawings")
+@limits.configured("DRAWINGS_RATE_LIMIT")
 def add():
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -93,10 +99,17 @@ def add():
     drawing = drawings.Drawing(
         label, prepared.image_28x28, payload, answer, float(probs_C[answer]), run.name, run.step, kind
     )
-    drawing_id = drawings.add(connection(), drawing)
+    token = secrets.token_urlsafe(32)  # 256 bits; the store keeps only its hash
+    c = current_app.config
+    try:
+        quota = drawings.Quota(c["DRAWINGS_MAX_ROWS"], c["DRAWINGS_MAX_BYTES"])
+        drawing_id = drawings.add(connection(), drawing, drawings.token_hash(token), quota)
+    except drawings.StoreFull as e:
+        raise BadInput(f"The store is full ({e}); nothing was added. Its operator can export and clear it.", 507)
     split = "test" if drawings.split_of(np.asarray([drawing_id]))[0] else "train"
     result = {"id": drawing_id, "label": label, "answer": answer, "confidence": round(float(probs_C[answer]), 5)}
-    return jsonify(result | {"run": run.name, "step": run.step, "kind": kind, "split": split}), 201
+    result |= {"run": run.name, "step": run.step, "kind": kind, "split": split, "delete_token": token}
+    return jsonify(result), 201
 
 
 @bp.get("/api/drawings/stats")
@@ -118,8 +131,29 @@ def stats():
     return jsonify(counts | {"run": run.name, "step": run.step, "correct": correct, "accuracy": accuracy})
 
 
+def _bearer() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _is_operator(token: str) -> bool:
+    operator = current_app.config["OPERATOR_TOKEN"]
+    return bool(operator) and hmac.compare_digest(token.encode(), str(operator).encode())
+
+
 @bp.delete("/api/drawings/<int:drawing_id>")
 def remove(drawing_id: int):
-    if drawing_id >= 2**63 or not drawings.delete(connection(), drawing_id):  # past SQLite's integers: none
-        raise BadInput(f"No drawing {drawing_id} in the store.", 404)
-    return jsonify(deleted=drawing_id)
+    """Deletes a drawing for the holder of its delete token, or the operator. Every refusal reads the
+    same whether the id exists or not."""
+    token = _bearer()
+    if token is None:
+        raise BadInput("Deleting a drawing needs its delete token: `Authorization: Bearer <token>`.", 401)
+    if drawing_id < 2**63:  # past SQLite's integers: none
+        conn = connection()
+        if (
+            drawings.delete(conn, drawing_id)
+            if _is_operator(token)
+            else drawings.delete_with_token(conn, drawing_id, token)
+        ):
+            return jsonify(deleted=drawing_id)
+    raise BadInput(f"No drawing {drawing_id} that this token may delete.", 404)

@@ -11,7 +11,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from digitjax.canvas import preprocess
-from webui import openapi, reports, serving
+from webui import limits, openapi, reports, serving
 from webui.inputs import BadInput, image_from_request
 from webui.serving import Run, Runs
 
@@ -51,7 +51,10 @@ def _error(message: str, status: int):
 
 @bp.app_errorhandler(HTTPException)
 def http_error(e: HTTPException):
-    messages = {413: f"The request is larger than {current_app.config['MAX_CONTENT_LENGTH']:,} bytes."}
+    messages = {
+        413: f"The request is larger than {current_app.config['MAX_CONTENT_LENGTH']:,} bytes.",
+        429: f"Too many requests from this address (the limit is {e.description}); try again after Retry-After.",
+    }
     response = _error(messages.get(e.code, e.description), e.code)
     if isinstance(e, MethodNotAllowed) and e.valid_methods:  # HTTP requires it with every 405
         response[0].headers["Allow"] = ", ".join(sorted(e.valid_methods))
@@ -60,7 +63,10 @@ def http_error(e: HTTPException):
 
 @bp.app_errorhandler(BadInput)
 def bad_input(e: BadInput):
-    return _error(str(e), e.status)
+    response = _error(str(e), e.status)
+    if e.status == 401:  # HTTP requires the scheme that would do with every 401
+        response[0].headers["WWW-Authenticate"] = 'Bearer realm="drawings"'
+    return response
 
 
 @bp.app_errorhandler(Exception)
@@ -146,6 +152,7 @@ def _insight(run: Run, out: dict) -> dict:
 
 
 @bp.post("/api/predict")
+@limits.configured("PREDICT_RATE_LIMIT")
 def predict():
     image, options = image_from_request(request, current_app.config["MAX_IMAGE_PIXELS"])
     run, fields = _runs().named(options.get("run")), _fields(options)

@@ -3,12 +3,15 @@
     python -m digitjax.canvas.drawings stats --store instance/drawings.sqlite
     python -m digitjax.canvas.drawings export --store instance/drawings.sqlite --out DIR   # four IDX files
     python -m digitjax.canvas.drawings delete --store instance/drawings.sqlite ID
+    python -m digitjax.canvas.drawings backup --store instance/drawings.sqlite --out COPY   # while the app runs
 
 One row per labelled drawing: the 28x28 input the model saw, the raw canvas PNG, the label the
 person gave, the model's answer and confidence, the run and step that answered, the time and
 the input kind. Nothing about the person (no cookie, address or user agent) is kept. The store
 is in WAL mode, so the web app's processes and threads write to it at once; its schema carries a
-version, so a later digitjax opens (and upgrades) an older store.
+version, so a later digitjax opens (and upgrades) an older store. A drawing kept through the web
+app carries the SHA-256 of its delete token, never the token; the store's totals (rows, PNG bytes)
+are kept by triggers, so a quota is checked in constant time.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
+import hashlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -27,7 +32,7 @@ from digitjax.errors import UserError
 
 KINDS = ("mouse", "touch", "pen", "upload")
 TEST_EVERY = 5  # a drawing whose id is a multiple of this is in the export's test split, for good
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Each version's statements, applied in order to a store of an older version.
 MIGRATIONS = {
     1: """
@@ -44,7 +49,28 @@ MIGRATIONS = {
         kind TEXT NOT NULL CHECK (kind IN ('mouse', 'touch', 'pen', 'upload'))
     );
     """,
+    2: """
+    ALTER TABLE drawings ADD COLUMN token_sha256 BLOB;
+    CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 0), rows INTEGER NOT NULL, png_bytes INTEGER NOT NULL);
+    INSERT INTO totals SELECT 0, count(*), coalesce(sum(length(png)), 0) FROM drawings;
+    CREATE TRIGGER count_added AFTER INSERT ON drawings BEGIN
+        UPDATE totals SET rows = rows + 1, png_bytes = png_bytes + length(NEW.png);
+    END;
+    CREATE TRIGGER count_deleted AFTER DELETE ON drawings BEGIN
+        UPDATE totals SET rows = rows - 1, png_bytes = png_bytes - length(OLD.png);
+    END;
+    """,
 }
+
+
+class StoreFull(Exception):
+    """The store holds its quota of drawings or PNG bytes; nothing was added."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Quota:
+    rows: int  # drawings kept at most
+    png_bytes: int  # bytes of their PNGs at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +109,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for v in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in filter(str.strip, MIGRATIONS[v].split(";")):
+            for statement in _statements(MIGRATIONS[v]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {v}")
         conn.execute("COMMIT")
@@ -92,30 +118,91 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
-def add(conn: sqlite3.Connection, d: Drawing) -> int:
-    """Stores one drawing in its own transaction; returns its id once it is committed."""
+def _statements(script: str) -> list[str]:
+    """A migration's statements, split where SQLite says one is complete (a trigger keeps its body)."""
+    out, current = [], ""
+    for part in script.split(";"):
+        current += part + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n;"):
+                out.append(current.strip())
+            current = ""
+    return out
+
+
+def token_hash(token: str) -> bytes:
+    """What the store keeps of a delete token: a hash, so a copy of the store deletes nothing."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def add(conn: sqlite3.Connection, d: Drawing, token_sha256: bytes | None = None, quota: Quota | None = None) -> int:
+    """Stores one drawing in its own transaction; returns its id once it is committed.
+
+    With a quota the check and the insert are one transaction, so processes writing at once never
+    overshoot it; a full store raises StoreFull and keeps what it holds."""
     if d.kind not in KINDS or not 0 <= d.label <= 9 or d.input_28x28.shape != (28, 28):
         raise ValueError(f"not a storable drawing: kind {d.kind!r}, label {d.label!r}, input {d.input_28x28.shape}")
-    cursor = conn.execute(
-        "INSERT INTO drawings (created, label, input, png, answer, confidence, run, step, kind)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            time.time(),
-            d.label,
-            d.input_28x28.astype(np.uint8).tobytes(),
-            d.png,
-            d.answer,
-            d.confidence,
-            d.run,
-            d.step,
-            d.kind,
-        ),
-    )
+    row = (time.time(), d.label, d.input_28x28.astype(np.uint8).tobytes(), d.png, d.answer, d.confidence)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if quota is not None:
+            rows, png_bytes = totals(conn)
+            if rows + 1 > quota.rows or png_bytes + len(d.png) > quota.png_bytes:
+                raise StoreFull(f"the store holds {rows:,} drawings, {png_bytes:,} bytes of PNG")
+        cursor = conn.execute(
+            "INSERT INTO drawings (created, label, input, png, answer, confidence, run, step, kind, token_sha256)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row, d.run, d.step, d.kind, token_sha256),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     return int(cursor.lastrowid)
 
 
+def totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Drawings kept, and the bytes of their PNGs."""
+    return conn.execute("SELECT rows, png_bytes FROM totals").fetchone()
+
+
 def delete(conn: sqlite3.Connection, drawing_id: int) -> bool:
+    """The operator's delete: any drawing, by id."""
     return conn.execute("DELETE FROM drawings WHERE id = ?", (drawing_id,)).rowcount == 1
+
+
+def delete_with_token(conn: sqlite3.Connection, drawing_id: int, token: str) -> bool:
+    """Deletes the drawing only if `token` is the one its keeping returned.
+
+    The hashes are compared by SQLite, not in constant time: timing can reveal at most a prefix of
+    the stored hash, which does not help to find a token."""
+    query = "DELETE FROM drawings WHERE id = ? AND token_sha256 = ?"
+    return conn.execute(query, (drawing_id, token_hash(token))).rowcount == 1
+
+
+def backup(store: Path, out: Path) -> dict:
+    """A consistent copy of the store with SQLite's online backup, while the app may be writing.
+
+    Written beside `out` and moved into place once whole and checked; an existing `out` is never
+    overwritten."""
+    if out.exists():
+        raise UserError(f"{out} exists; choose a new file for the backup (nothing was written).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    source, copy = connect(store), sqlite3.connect(partial)
+    try:
+        source.backup(copy)
+        check = copy.execute("PRAGMA integrity_check").fetchone()[0]
+        rows = copy.execute("SELECT count(*) FROM drawings").fetchone()[0]
+    finally:
+        copy.close()
+        source.close()
+    if check != "ok":
+        partial.unlink()
+        raise UserError(f"The backup of {store} failed SQLite's integrity check ({check}); nothing was written.")
+    os.link(partial, out)  # fails rather than replace a file that appeared meanwhile
+    partial.unlink()
+    return {"out": str(out), "drawings": rows, "integrity_check": check}
 
 
 def labelled(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,15 +278,20 @@ def load(store_or_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def main(argv=None) -> None:
     from digitjax.errors import exit_on_user_error
 
-    parser = argparse.ArgumentParser(description="The canvas's labelled drawings: stats, export, delete.")
-    parser.add_argument("command", choices=["stats", "export", "delete"])
+    parser = argparse.ArgumentParser(description="The canvas's labelled drawings: stats, export, delete, backup.")
+    parser.add_argument("command", choices=["stats", "export", "delete", "backup"])
     parser.add_argument("id", nargs="?", type=int, help="for delete: the drawing's id")
     parser.add_argument("--store", default="instance/drawings.sqlite", help="the SQLite store (the app's DRAWINGS_DB)")
-    parser.add_argument("--out", help="for export: the folder for the four IDX files")
+    parser.add_argument("--out", help="for export: the folder for the four IDX files; for backup: the new file")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         if not Path(args.store).is_file():
             raise UserError(f"No drawings store at {args.store}; pass --store (the web app's DRAWINGS_DB).")
+        if args.command == "backup":
+            if not args.out:
+                raise UserError("backup needs --out FILE, a new file for the copy.")
+            print(json.dumps(backup(Path(args.store), Path(args.out))))
+            return
         conn = connect(args.store)
         if args.command == "stats":
             print(json.dumps(stats(conn)))

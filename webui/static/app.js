@@ -177,6 +177,8 @@ function show(result) {
   showSeen(result);
   document.getElementById("teach").hidden = !canKeep();
   document.getElementById("teach-note").textContent = "";
+  document.getElementById("teach").classList.remove("noted");
+  document.getElementById("unkeep").classList.remove("shown");
   // The layers and neighbours after the frame that shows the answer: the bars come first.
   const insight = () => { showLayers(result); showNeighbours(result); };
   requestAnimationFrame(() => setTimeout(insight));
@@ -527,16 +529,54 @@ async function keepImage() {
   return canvas.toDataURL("image/png");
 }
 
+// The delete tokens of this visitor's own drawings (the server keeps only their hashes): the newest
+// few, so "Undo" works after a reload too.
+const TOKENS_KEPT = 20;
+function ownTokens() {
+  try { return JSON.parse(localStorage.getItem("digitjax.deleteTokens")) || {}; } catch { return {}; }
+}
+function rememberToken(id, token) {
+  const tokens = ownTokens();
+  tokens[id] = token;
+  const ids = Object.keys(tokens).map(Number).sort((a, b) => b - a).slice(0, TOKENS_KEPT);
+  localStorage.setItem("digitjax.deleteTokens", JSON.stringify(Object.fromEntries(ids.map((i) => [i, tokens[i]]))));
+}
+
 async function keep(label) {
   if (!canKeep()) return;
   const note = document.getElementById("teach-note");
   const body = JSON.stringify({ image: await keepImage(), label, kind: inputKind, run: runSelect.value });
   const response = await fetch("api/drawings", { method: "POST", headers: { "Content-Type": "application/json" }, body });
   const stored = await response.json();
-  note.textContent = response.ok ? `Kept as a ${stored.label} (drawing #${stored.id}). Thank you.` : `Not kept: ${stored.error}`;
-  if (response.ok) document.getElementById("teach").dataset.kept = stored.id;
+  note.textContent = response.ok ? `Kept as a ${stored.label} (#${stored.id}). Thanks!` : `Not kept: ${stored.error}`;
+  if (response.ok) {
+    document.getElementById("teach").dataset.kept = stored.id;
+    rememberToken(stored.id, stored.delete_token);
+  }
+  document.getElementById("unkeep").classList.toggle("shown", response.ok);
+  document.getElementById("teach").classList.add("noted");
   showStoreStats();
 }
+
+async function unkeep() {
+  const id = document.getElementById("teach").dataset.kept;
+  const token = ownTokens()[id];
+  if (!id || !token) return;
+  const response = await fetch(`api/drawings/${encodeURIComponent(id)}`, {
+    method: "DELETE", headers: { Authorization: `Bearer ${token}` },
+  });
+  const answer = await response.json();
+  document.getElementById("teach-note").textContent = response.ok ? `#${id} is not kept.` : `Still kept: ${answer.error}`;
+  if (response.ok) {
+    const tokens = ownTokens();
+    delete tokens[id];
+    localStorage.setItem("digitjax.deleteTokens", JSON.stringify(tokens));
+    delete document.getElementById("teach").dataset.kept;
+    document.getElementById("unkeep").classList.remove("shown");
+  }
+  showStoreStats();
+}
+document.getElementById("unkeep").addEventListener("click", unkeep);
 
 document.getElementById("right").addEventListener("click", () => lastResult && keep(lastResult.label));
 for (const button of document.querySelectorAll("#teach .digit")) {
