@@ -8,17 +8,27 @@ client's address is the one counted.
 
 from __future__ import annotations
 
+import secrets
+
 from flask import Flask, current_app
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-limiter = Limiter(key_func=get_remote_address)
+
+def client() -> str:
+    """Whom a limit counts: the client's address, within this app (a process may hold several apps,
+    as the tests do, and one limiter serves them all)."""
+    return f"{current_app.extensions['digitjax.limits']}:{get_remote_address()}"
+
+
+limiter = Limiter(key_func=client)
 
 
 def init_app(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_STORAGE_URI", "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)  # Retry-After on every 429
     app.config.setdefault("RATELIMIT_STRATEGY", "moving-window")  # no burst of twice the limit at a window's edge
+    app.extensions["digitjax.limits"] = secrets.token_hex(8)  # this app's part of every key
     limiter.init_app(app)
 
 
