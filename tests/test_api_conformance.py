@@ -91,6 +91,7 @@ def test_every_405_says_which_methods_are_allowed(base_url):
         ({"pixels": [0] * 784, "saliency": 0}, "saliency"),
         ({"pixels": [0] * 784, "normalise": 1}, "normalise"),
         ({"pixels": [0] * 784, "run": 3}, "run"),
+        ({"pixels": [0] * 784, "run": None}, "run"),
         ({"image": "not base64!"}, "base64"),
     ],
 )

@@ -94,6 +94,13 @@ def _json_body(request: Request) -> dict:
     return body
 
 
+def run_option(body: dict) -> str | None:
+    """A JSON body's `run`: a run's name, or absent for the default run."""
+    if "run" in body and not isinstance(body["run"], str):  # null too: the schema says a string
+        raise BadInput("`run` must be a run's name, a string.")
+    return body.get("run")
+
+
 def base64_payload(data) -> bytes:
     """The bytes of a base64 string or a data: URL."""
     if not isinstance(data, str) or not data:
@@ -116,8 +123,7 @@ def image_from_request(request: Request, max_pixels: int) -> tuple[Image.Image |
         return decode_image(upload.read(), max_pixels), _form_options(request.form)
     body = _json_body(request)
     options = {k: body[k] for k in ("run", "saliency", "fields", "normalise") if k in body}
-    if "run" in options and not isinstance(options["run"], str):
-        raise BadInput("`run` must be a run's name, a string.")
+    run_option(body)
     if "pixels" in body:
         return _pixels(body["pixels"]), options
     return decode_image(base64_payload(body["image"]), max_pixels), options

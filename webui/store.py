@@ -21,7 +21,7 @@ from PIL import Image
 
 from digitjax.canvas import drawings, preprocess
 from webui import limits
-from webui.inputs import BadInput, base64_payload, decode_image, refuse_unknown
+from webui.inputs import BadInput, base64_payload, decode_image, refuse_unknown, run_option
 
 bp = Blueprint("store", __name__)
 
@@ -88,9 +88,7 @@ def add():
     if kind not in drawings.KINDS:
         raise BadInput(f"`kind` must be one of {list(drawings.KINDS)}; got {kind!r}.")
     payload, image = _png(body.get("image"))
-    if not isinstance(body.get("run", ""), str):
-        raise BadInput("`run` must be a run's name, a string.")
-    run = current_app.extensions["digitjax"].named(body.get("run"))
+    run = current_app.extensions["digitjax"].named(run_option(body))
     prepared = preprocess.to_mnist(image)
     if prepared.empty:
         raise BadInput("Nothing is drawn: there is no digit to keep.")

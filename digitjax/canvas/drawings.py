@@ -142,7 +142,8 @@ def add(conn: sqlite3.Connection, d: Drawing, token_sha256: bytes | None = None,
     overshoot it; a full store raises StoreFull and keeps what it holds."""
     if d.kind not in KINDS or not 0 <= d.label <= 9 or d.input_28x28.shape != (28, 28):
         raise ValueError(f"not a storable drawing: kind {d.kind!r}, label {d.label!r}, input {d.input_28x28.shape}")
-    row = (time.time(), d.label, d.input_28x28.astype(np.uint8).tobytes(), d.png, d.answer, d.confidence)
+    row = (time.time(), d.label, d.input_28x28.astype(np.uint8).tobytes(), d.png, d.answer, d.confidence, d.run)
+    row += (d.step, d.kind, token_sha256)
     conn.execute("BEGIN IMMEDIATE")
     try:
         if quota is not None:
@@ -152,7 +153,7 @@ def add(conn: sqlite3.Connection, d: Drawing, token_sha256: bytes | None = None,
         cursor = conn.execute(
             "INSERT INTO drawings (created, label, input, png, answer, confidence, run, step, kind, token_sha256)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*row, d.run, d.step, d.kind, token_sha256),
+            row,
         )
         conn.execute("COMMIT")
     except BaseException:
